@@ -1,0 +1,3 @@
+from dreamperp.cli import entry
+
+entry()

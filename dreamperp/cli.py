@@ -1,0 +1,137 @@
+"""The ``dreamperp`` command line: argument parsing and error reporting only.
+
+Each subcommand hands its parsed arguments to the module that owns the work; heavy imports
+(torch, diffusers) happen inside the handlers so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable, List, Optional
+
+from dreamperp.errors import DreamperpError
+
+OVERRIDES_HELP = "config overrides as key=value, e.g. prompt=\"a corgi\" trainer.max_steps=2000"
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from dreamperp.train.trainer import train_command
+
+    return train_command(args)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from dreamperp.export.mesh import export_command
+
+    return export_command(args)
+
+
+def _cmd_video(args: argparse.Namespace) -> int:
+    from dreamperp.export.video import video_command
+
+    return video_command(args)
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from dreamperp.export.render import render_command
+
+    return render_command(args)
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from dreamperp.sample import sample_command
+
+    return sample_command(args)
+
+
+def _cmd_tiny_model(args: argparse.Namespace) -> int:
+    from dreamperp.models.tiny import tiny_model_command
+
+    return tiny_model_command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dreamperp",
+        description="Text-to-3D with Score Distillation Sampling, Perp-Neg and SEGA.",
+        epilog="Quick start (CPU, no weights): dreamperp train configs/tiny.yaml",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train a scene from a prompt (or a multi-view dataset)",
+                       description="Train a NeRF from a text prompt with Perp-Neg SDS, or reconstruct a multi-view dataset.",
+                       epilog='example: dreamperp train configs/default.yaml prompt="a DSLR photo of a corgi"')
+    p.add_argument("config", nargs="?", help="YAML config (see configs/); omit with --resume")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--fallback", action="store_true", help="with --resume: if the newest checkpoint is corrupt, use the previous good one")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("export", help="extract a mesh from a run", description="Marching cubes over the density, coloured by albedo; writes RUN_DIR/export/.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--format", dest="formats", action="append", choices=["glb", "obj", "ply"], help="mesh format (repeatable; default from the run's export.formats)")
+    p.add_argument("--resolution", type=int, help="marching-cubes grid resolution (default 256)")
+    p.add_argument("--threshold", help="density iso-level: 'auto' or a number")
+    p.add_argument("--checkpoint", metavar="PATH", help="checkpoint to export (default: the newest)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("video", help="render a turntable video of a run", description="Evenly spaced azimuths around the object; writes RUN_DIR/export/.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--frames", type=int, help="number of frames (default 120)")
+    p.add_argument("--fps", type=int, help="frames per second (default 30)")
+    p.add_argument("--elevation", type=float, help="camera elevation in degrees (default 15)")
+    p.add_argument("--size", type=int, help="frame size in pixels (default 512)")
+    p.add_argument("--modes", help="comma-separated panels: rgb,normal,depth,opacity (default rgb)")
+    p.add_argument("--format", choices=["mp4", "gif"], help="container (default mp4)")
+    p.add_argument("--checkpoint", metavar="PATH", help="checkpoint to render (default: the newest)")
+    p.set_defaults(func=_cmd_video)
+
+    p = sub.add_parser("render", help="render a run at given camera poses", description="Render the trained scene at the poses of a transforms.json, or on a turntable orbit.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--cameras", metavar="TRANSFORMS", help="NeRF-synthetic transforms.json with the poses to render")
+    p.add_argument("--turntable", type=int, metavar="N", help="render N orbit views instead")
+    p.add_argument("--out", metavar="DIR", required=True, help="output folder for the PNGs")
+    p.add_argument("--size", type=int, help="image size (default: the transforms file's images, 512 for turntables)")
+    p.add_argument("--checkpoint", metavar="PATH", help="checkpoint to render (default: the newest)")
+    p.set_defaults(func=_cmd_render)
+
+    p = sub.add_parser("sample", help="2D text-to-image with Perp-Neg and SEGA guidance",
+                       description="Sample images with the same guidance code as training: view conditioning, Perp-Neg negatives, SEGA concepts.",
+                       epilog='example: dreamperp sample configs/sample.yaml prompt="a peacock" sample.view=back --out peacock/')
+    p.add_argument("config", help="YAML config (e.g. configs/sample.yaml)")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP + "; view=, azimuth=, steps= are short for sample.*")
+    p.add_argument("--out", metavar="DIR", required=True, help="output folder: DIR/0000.png, ... and grid.png")
+    p.set_defaults(func=_cmd_sample)
+
+    p = sub.add_parser("tiny-model", help="write the tiny random offline Stable Diffusion pipeline",
+                       description="Write a tiny randomly initialised Stable Diffusion pipeline (diffusers layout) for tests and CPU runs.")
+    p.add_argument("path", metavar="PATH", help="output folder")
+    p.add_argument("--seed", type=int, default=0, help="weight seed (default 0); the same seed gives the same files")
+    p.set_defaults(func=_cmd_tiny_model)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return int(func(args) or 0)
+    except DreamperpError as err:
+        print(f"dreamperp {args.command}: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print(f"dreamperp {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    entry()

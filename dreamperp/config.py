@@ -1,0 +1,464 @@
+"""Config schema (dataclasses + OmegaConf), loading with dotlist overrides, and strict validation.
+
+Every field carries a one-line ``help`` and, where it has one, a range (``min``/``max``/``gt``),
+a ``multiple_of`` or a set of ``choices``; :func:`validate` checks them all generically, so a bad
+value is always a one-line :class:`~dreamperp.errors.ConfigError` that names the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from dataclasses import MISSING as DC_MISSING
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from dreamperp.errors import ConfigError, UsageError
+
+
+def opt(default: Any, help: str, **constraints: Any) -> Any:
+    """A documented config field. ``constraints``: min, max, gt, multiple_of, choices."""
+    meta = {"help": help, **constraints}
+    if isinstance(default, (list, dict)) or is_dataclass(default):
+        value = default
+        return field(default_factory=lambda: _copy(value), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _copy(value: Any) -> Any:
+    import copy
+
+    return copy.deepcopy(value)
+
+
+# --------------------------------------------------------------------------------------------- data
+@dataclass
+class DataConfig:
+    """Where training views come from: random cameras (text-to-3D) or a multi-view dataset."""
+
+    type: str = opt("text", "Training data: 'text' (SDS from a prompt) or 'multiview' (photometric reconstruction).", choices=["text", "multiview"])
+    path: str = opt("", "Multiview only: a NeRF-synthetic transforms.json, or the folder holding it.")
+    background: str = opt("white", "Multiview only: colour the RGBA images are composited on.", choices=["white", "black", "random"])
+    width: int = opt(64, "Render width in pixels for training views.", min=8, multiple_of=8)
+    height: int = opt(64, "Render height in pixels for training views.", min=8, multiple_of=8)
+    upscale_step: int = opt(-1, "Step from which training renders use upscale_width x upscale_height (-1: never).", min=-1)
+    upscale_width: int = opt(128, "Render width after upscale_step.", min=8, multiple_of=8)
+    upscale_height: int = opt(128, "Render height after upscale_step.", min=8, multiple_of=8)
+    batch_size: int = opt(1, "Views per optimisation step.", min=1)
+    rays_per_step: int = opt(4096, "Multiview only: random rays per step drawn across all training images.", min=1)
+    elevation_range: List[float] = opt([-10.0, 45.0], "Camera elevation range in degrees [min, max].")
+    azimuth_range: List[float] = opt([-180.0, 180.0], "Camera azimuth range in degrees [min, max]; 0 is the front.")
+    radius_range: List[float] = opt([1.5, 2.0], "Camera distance from the origin [min, max], in scene units.")
+    fov_range: List[float] = opt([40.0, 70.0], "Vertical field of view range in degrees [min, max].")
+    eval_radius: float = opt(1.75, "Camera distance for validation views, videos and renders.", gt=0)
+    eval_fov: float = opt(55.0, "Vertical field of view for validation views and videos, degrees.", gt=0, max=179)
+    eval_elevation: float = opt(15.0, "Elevation of validation views, degrees.", min=-90, max=90)
+
+
+# -------------------------------------------------------------------------------------------- scene
+@dataclass
+class SceneConfig:
+    """The radiance field: hash-grid encoding, density/albedo MLPs and background."""
+
+    bound: float = opt(1.0, "Half size of the scene box [-bound, bound]^3 that holds the object.", gt=0)
+    encoding: str = opt("auto", "Hash-grid back end: 'auto' (tinycudann on CUDA when installed, else torch), 'torch' or 'tcnn'.", choices=["auto", "torch", "tcnn"])
+    levels: int = opt(16, "Hash-grid resolution levels.", min=1)
+    features_per_level: int = opt(2, "Features stored per hash-grid level.", choices=[1, 2, 4, 8])
+    log2_table_size: int = opt(19, "log2 of the hash table size per level.", min=4, max=24)
+    base_resolution: int = opt(16, "Grid resolution of the coarsest level.", min=2)
+    max_resolution: int = opt(2048, "Grid resolution of the finest level.", min=2)
+    hidden_dim: int = opt(64, "Width of the density and albedo MLPs.", min=1)
+    num_layers: int = opt(2, "Hidden layers of the density and albedo MLPs.", min=1)
+    blob_density: float = opt(10.0, "Peak of the density bias at the centre, so training starts from a soft sphere (0: off).", min=0)
+    blob_radius: float = opt(0.5, "Radius of the density bias blob, scene units.", gt=0)
+    normals: str = opt("finite_difference", "How normals come from density: 'finite_difference' or 'analytic' (autograd).", choices=["finite_difference", "analytic"])
+    fd_eps: float = opt(0.01, "Finite-difference step for normals, scene units.", gt=0)
+    background: str = opt("mlp", "Background: 'mlp' (learned from the view direction), 'solid' or 'random' colour per view.", choices=["mlp", "solid", "random"])
+    background_color: List[float] = opt([1.0, 1.0, 1.0], "RGB in [0, 1] of the 'solid' background.")
+
+
+# ------------------------------------------------------------------------------------------- render
+@dataclass
+class RenderConfig:
+    """Ray marching, compositing and shading."""
+
+    estimator: str = opt("auto", "Sampler: 'auto' (occgrid on CUDA, dense on CPU), 'dense' (stratified) or 'occgrid' (nerfacc, CUDA only).", choices=["auto", "dense", "occgrid"])
+    num_samples: int = opt(64, "Dense sampler: samples per ray between the ray's near and far bounds.", min=2)
+    chunk: int = opt(16384, "Rays rendered per chunk at evaluation time, to bound memory.", min=1)
+    occ_resolution: int = opt(128, "Occupancy grid resolution (occgrid sampler).", min=8)
+    occ_update_every: int = opt(16, "Update the occupancy grid every n steps (occgrid sampler).", min=1)
+    occ_threshold: float = opt(0.01, "Occupancy threshold on opacity per step (occgrid sampler).", gt=0)
+    render_step_size: float = opt(0.005, "March step size in scene units (occgrid sampler).", gt=0)
+    albedo_warmup_steps: int = opt(1000, "Steps rendered with albedo only before random lambertian/textureless shading starts.", min=0)
+    textureless_prob: float = opt(0.5, "After warm-up: probability of textureless shading (else lambertian).", min=0, max=1)
+    ambient_ratio: float = opt(0.1, "Ambient light share in lambertian and textureless shading.", min=0, max=1)
+    light_distance_range: List[float] = opt([0.8, 1.5], "Point light distance from the origin relative to the camera distance [min, max].")
+
+
+# ----------------------------------------------------------------------------------------- guidance
+@dataclass
+class PerpNegConfig:
+    """Perp-Neg view conditioning: azimuth-interpolated positives and perpendicular negatives."""
+
+    enabled: bool = opt(True, "Use Perp-Neg; when off, plain view-dependent prompting (nearest view, no negatives).")
+    schedule: str = opt("threestudio", "Negative-weight schedule: 'threestudio' or 'stable-dreamfusion'.", choices=["threestudio", "stable-dreamfusion"])
+    negative_w: float = opt(2.0, "stable-dreamfusion: magnitude of the negative weights.", min=0)
+    front_decay: float = opt(2.0, "stable-dreamfusion: decay of the front negative.", min=0)
+    side_decay: float = opt(10.0, "stable-dreamfusion: decay of the side negative.", min=0)
+    f_sb: List[float] = opt([1.0, 0.5, -0.606], "threestudio: (a, b, c) of a*exp(-b*r)+c for the side negative behind the side.")
+    f_fsb: List[float] = opt([1.0, 0.5, 0.967], "threestudio: (a, b, c) for the front negative behind the side.")
+    f_fs: List[float] = opt([4.0, 0.5, -2.426], "threestudio: (a, b, c) for the front negative in front of the side.")
+    f_sf: List[float] = opt([4.0, 0.5, -2.426], "threestudio: (a, b, c) for the side negative in front of the side.")
+    overhead_threshold: float = opt(60.0, "Elevation in degrees above which the overhead view is used (threestudio schedule).", min=0, max=90)
+
+
+@dataclass
+class SegaConcept:
+    """One SEGA edit concept, e.g. '+ sunglasses' or (reverse) '- hat'."""
+
+    prompt: str = opt("", "Text of the concept (required).")
+    scale: float = opt(5.0, "Edit guidance scale s_e.", min=0)
+    threshold: float = opt(0.9, "Quantile in [0, 1) of |s_e*psi| below which elements are dropped.", min=0, lt=1)
+    warmup: int = opt(10, "Steps before the concept is applied (denoising steps in 2D, optimisation steps in SDS).", min=0)
+    cooldown: Optional[int] = opt(None, "Step from which the concept stops being applied (null: never).", min=0)
+    reverse: bool = opt(False, "Steer away from the concept instead of towards it.")
+    weight: float = opt(1.0, "Weight of this concept in the sum of concept terms.", min=0)
+
+
+@dataclass
+class SegaConfig:
+    """SEGA semantic guidance: edit concepts added to the guidance, with momentum."""
+
+    concepts: List[SegaConcept] = opt([], "Edit concepts; empty turns SEGA off.")
+    momentum_scale: float = opt(0.0, "Scale s_m of the SEGA momentum term (0: off).", min=0)
+    momentum_beta: float = opt(0.4, "Momentum decay beta in [0, 1).", min=0, lt=1)
+
+
+@dataclass
+class GuidanceConfig:
+    """The frozen Stable Diffusion prior and how its scores become gradients (SDS)."""
+
+    model: str = opt("stabilityai/stable-diffusion-2-1-base", "Diffusers SD 1.x/2.x hub id, local pipeline folder, or 'tiny' (offline random test model).")
+    scale: float = opt(100.0, "Classifier-free guidance scale s.", min=0)
+    dtype: str = opt("auto", "Prior precision: 'auto' (fp16 on CUDA, fp32 on CPU), 'float32', 'float16' or 'bfloat16'.", choices=["auto", "float32", "float16", "bfloat16"])
+    t_min: float = opt(0.02, "Lowest SDS timestep as a fraction of T.", min=0, max=1)
+    t_max: float = opt(0.98, "Highest SDS timestep as a fraction of T.", min=0, max=1)
+    t_max_final: float = opt(0.98, "t_max reached at the end of the anneal (equal to t_max: no anneal).", min=0, max=1)
+    t_anneal_steps: int = opt(0, "Steps over which t_max moves linearly to t_max_final (0: no anneal).", min=0)
+    weighting: str = opt("sds", "SDS weight w(t): 'sds' (1 - alpha_bar_t) or 'uniform'.", choices=["sds", "uniform"])
+    grad_clip: float = opt(0.0, "Clip the SDS gradient elementwise to [-c, c] (0: off).", min=0)
+    view_dependent: bool = opt(True, "Add ', front view' / ', side view' / ... to the prompt by camera azimuth.")
+    encoder: str = opt("vae", "Latent encoder: 'vae' (the model's) or 'tiny' (AutoencoderTiny, faster, less exact).", choices=["vae", "tiny"])
+    tiny_encoder_model: str = opt("madebyollin/taesd", "Hub id or folder of the AutoencoderTiny used when encoder is 'tiny'.")
+    channels_last: bool = opt(True, "Run the UNet in channels-last memory format on CUDA.")
+    compile: bool = opt(False, "torch.compile the UNet (CUDA; slower first steps, faster after).")
+    perp_neg: PerpNegConfig = opt(PerpNegConfig(), "Perp-Neg settings.")
+    sega: SegaConfig = opt(SegaConfig(), "SEGA settings.")
+
+
+# ------------------------------------------------------------------------------------------- losses
+@dataclass
+class LossConfig:
+    """Weights of the loss terms besides SDS."""
+
+    lambda_sds: float = opt(1.0, "Weight of the SDS loss.", min=0)
+    lambda_orient: float = opt(0.01, "Orientation loss: penalises normals facing away from the camera.", min=0)
+    lambda_sparsity: float = opt(0.0, "Opacity sparsity loss: mean opacity.", min=0)
+    lambda_opacity_entropy: float = opt(0.001, "Binary entropy of opacity, pushes it to 0 or 1.", min=0)
+    lambda_rgb: float = opt(1.0, "Multiview: photometric MSE weight.", min=0)
+    lambda_alpha: float = opt(0.1, "Multiview: opacity-vs-alpha MSE weight.", min=0)
+
+
+# ------------------------------------------------------------------------------------------ trainer
+@dataclass
+class TrainerConfig:
+    """The optimisation loop, checkpoints and logging."""
+
+    max_steps: int = opt(10000, "Number of optimisation steps.", min=1)
+    checkpoint_every: int = opt(1000, "Save a checkpoint every n steps (also at the end and on interrupt).", min=1)
+    keep_checkpoints: int = opt(3, "How many recent checkpoints to keep.", min=1)
+    val_every: int = opt(500, "Write a validation grid (front, side, back, overhead) every n steps.", min=1)
+    log_every: int = opt(10, "Append metrics to metrics.jsonl every n steps.", min=1)
+    lr_grid: float = opt(1e-2, "Adam learning rate of the hash-grid table.", gt=0)
+    lr_mlp: float = opt(1e-3, "Adam learning rate of the MLPs and background.", gt=0)
+    betas: List[float] = opt([0.9, 0.99], "Adam betas.")
+    eps: float = opt(1e-15, "Adam epsilon.", gt=0)
+    max_bad_steps: int = opt(20, "Stop after this many consecutive non-finite steps.", min=1)
+    progress: bool = opt(True, "Show a progress bar.")
+    tensorboard: bool = opt(True, "Also log to TensorBoard when it is installed.")
+    video_at_end: bool = opt(True, "Write a turntable video and a mesh when training ends.")
+
+
+# ------------------------------------------------------------------------------------------- export
+@dataclass
+class ExportConfig:
+    """Mesh and video export defaults (the export/video commands' flags override them)."""
+
+    formats: List[str] = opt(["glb"], "Mesh formats to write: any of glb, obj, ply.")
+    resolution: int = opt(256, "Marching-cubes grid resolution per axis.", min=8)
+    threshold: str = opt("auto", "Density iso-level: 'auto' or a number.")
+    min_component_ratio: float = opt(0.05, "Drop disconnected pieces with fewer faces than this share of the largest.", min=0, max=1)
+    video_frames: int = opt(120, "Turntable frames.", min=1)
+    video_fps: int = opt(30, "Turntable frames per second.", min=1)
+    video_elevation: float = opt(15.0, "Turntable elevation, degrees.", min=-90, max=90)
+    video_size: int = opt(512, "Turntable frame size in pixels (square).", min=8, multiple_of=8)
+    video_modes: List[str] = opt(["rgb"], "Panels of each frame: any of rgb, normal, depth, opacity.")
+    video_format: str = opt("mp4", "Video container: 'mp4' or 'gif'.", choices=["mp4", "gif"])
+
+
+# ------------------------------------------------------------------------------------------- sample
+@dataclass
+class SampleConfig:
+    """2D text-to-image sampling with the same guidance (`dreamperp sample`)."""
+
+    steps: int = opt(50, "Denoising steps.", min=1)
+    num_images: int = opt(1, "Images to generate.", min=1)
+    height: int = opt(512, "Image height in pixels.", min=8, multiple_of=8)
+    width: int = opt(512, "Image width in pixels.", min=8, multiple_of=8)
+    scheduler: str = opt("", "Scheduler class name from diffusers (e.g. DDIMScheduler); empty: the model's own.")
+    view: str = opt("", "Condition on a view: front, side, back or overhead (empty: use azimuth, or none).", choices=["", "front", "side", "back", "overhead"])
+    azimuth: Optional[float] = opt(None, "Condition on this camera azimuth in degrees (Perp-Neg weights from the schedule).")
+    elevation: float = opt(0.0, "Camera elevation in degrees for view conditioning.", min=-90, max=90)
+    eta: float = opt(0.0, "DDIM eta.", min=0)
+
+
+# --------------------------------------------------------------------------------------------- root
+@dataclass
+class Config:
+    """A dreamperp run."""
+
+    prompt: str = opt("", "Text prompt describing the object (required unless data.type is multiview).")
+    negative_prompt: str = opt("", "Global negative prompt: replaces the empty prompt of the unconditional branch.")
+    seed: int = opt(0, "Random seed; the same seed and config give the same run on CPU.", min=0)
+    name: str = opt("default", "Run group: runs go to output_dir/name/<timestamp>-<prompt-slug>/.")
+    output_dir: str = opt("outputs", "Folder that holds run groups.")
+    device: str = opt("auto", "'auto' (CUDA when available), 'cpu' or 'cuda'.", choices=["auto", "cpu", "cuda"])
+    data: DataConfig = opt(DataConfig(), "Training views.")
+    scene: SceneConfig = opt(SceneConfig(), "Radiance field.")
+    render: RenderConfig = opt(RenderConfig(), "Renderer.")
+    guidance: GuidanceConfig = opt(GuidanceConfig(), "Diffusion prior and SDS.")
+    loss: LossConfig = opt(LossConfig(), "Loss weights.")
+    trainer: TrainerConfig = opt(TrainerConfig(), "Training loop.")
+    export: ExportConfig = opt(ExportConfig(), "Mesh and video export.")
+    sample: SampleConfig = opt(SampleConfig(), "2D sampling.")
+
+
+# ------------------------------------------------------------------------------------------ loading
+def _all_keys(cls: type = Config, prefix: str = "") -> List[str]:
+    """Every dotted leaf key of the schema; list items of dataclasses appear as ``key.N.field``."""
+    out = []
+    for f in fields(cls):
+        default = f.default_factory() if f.default_factory is not DC_MISSING else f.default  # type: ignore[misc]
+        out.append(f"{prefix}{f.name}")
+        if is_dataclass(default):
+            out.extend(_all_keys(type(default), f"{prefix}{f.name}."))
+    if cls is SegaConfig:
+        out.extend(_all_keys(SegaConcept, f"{prefix}concepts.N."))
+    return out
+
+
+def _suggest(full_key: str) -> str:
+    """' (did you mean 'x.y'?)' for an unknown dotted key, or ''."""
+    generic = ".".join("N" if p.isdigit() else p for p in full_key.split("."))
+    keys = _all_keys()
+    # Compare the last component among siblings first, then whole keys (catches a wrong section).
+    parent = generic.rsplit(".", 1)[0] + "." if "." in generic else ""
+    siblings = [k for k in keys if k.startswith(parent) and "." not in k[len(parent):]]
+    match = difflib.get_close_matches(generic, siblings, n=1, cutoff=0.6) or difflib.get_close_matches(generic, keys, n=1, cutoff=0.6)
+    if not match:
+        tail = generic.rsplit(".", 1)[-1]
+        match = [k for k in keys if k.rsplit(".", 1)[-1] == tail][:1] or [
+            k for k in keys if k.rsplit(".", 1)[-1] in difflib.get_close_matches(tail, [x.rsplit(".", 1)[-1] for x in keys], n=1, cutoff=0.75)
+        ][:1]
+    if not match:
+        return ""
+    real = match[0]
+    indices = [p for p in full_key.split(".") if p.isdigit()]
+    for idx in indices:
+        real = real.replace(".N.", f".{idx}.", 1)
+    return f" (did you mean '{real}'?)"
+
+
+def _field_type_name(full_key: str) -> str:
+    """Human name of the schema type of a dotted key, e.g. 'int', or ''."""
+    node: Any = Config
+    ftype: Any = None
+    for part in full_key.split("."):
+        if part.isdigit():
+            node = SegaConcept
+            continue
+        by_name = {f.name: f for f in fields(node)} if is_dataclass(node) else {}
+        if part not in by_name:
+            return ""
+        f = by_name[part]
+        default = f.default_factory() if f.default_factory is not DC_MISSING else f.default  # type: ignore[misc]
+        node, ftype = (type(default) if is_dataclass(default) else None), f.type
+    text = str(ftype or "")
+    for short in ("int", "float", "str", "bool"):
+        if text == short:
+            return short
+    return text.replace("typing.", "")
+
+
+def _wrap_omegaconf_error(err: OmegaConfBaseException, origin: str) -> ConfigError:
+    key = str(getattr(err, "full_key", "") or "?")
+    if isinstance(err, ConfigKeyError):
+        return ConfigError(key, f"unknown key in {origin}{_suggest(key)}")
+    if isinstance(err, ValidationError):
+        expected = _field_type_name(key)
+        exp = f", expected {expected}" if expected else ""
+        return ConfigError(key, f"wrong type for value {getattr(err, 'value', None)!r} in {origin}{exp}")
+    return ConfigError(key, f"{str(err).splitlines()[0]} (in {origin})")
+
+
+def _parse_dotlist(overrides: Sequence[str]) -> DictConfig:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise UsageError(f"override '{item}' is not of the form key=value (e.g. trainer.max_steps=2000)")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as err:
+        raise UsageError(f"could not parse overrides: {str(err).splitlines()[0]}") from None
+
+
+def load_config(path: Optional[str | Path], overrides: Sequence[str] = (), *, require_prompt: bool = True) -> Config:
+    """Schema ⊕ YAML file ⊕ ``key=value`` overrides, validated. Raises :class:`ConfigError`."""
+    merged: Any = OmegaConf.structured(Config)
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"config file '{p}' does not exist (try configs/tiny.yaml)")
+        try:
+            file_cfg = OmegaConf.load(p)
+        except Exception as err:  # yaml errors come in many types
+            raise UsageError(f"config file '{p}' is not valid YAML: {str(err).splitlines()[0]}") from None
+        if not isinstance(file_cfg, DictConfig):
+            raise UsageError(f"config file '{p}' must hold a mapping of keys, not a {type(file_cfg).__name__}")
+        try:
+            merged = OmegaConf.merge(merged, file_cfg)
+        except OmegaConfBaseException as err:
+            raise _wrap_omegaconf_error(err, f"'{p}'") from None
+    if overrides:
+        try:
+            merged = OmegaConf.merge(merged, _parse_dotlist(overrides))
+        except OmegaConfBaseException as err:
+            raise _wrap_omegaconf_error(err, "the command-line overrides") from None
+    try:
+        cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
+    except OmegaConfBaseException as err:
+        raise _wrap_omegaconf_error(err, "the config") from None
+    validate(cfg, require_prompt=require_prompt)
+    return cfg
+
+
+def _check_field(key: str, value: Any, meta: dict) -> None:
+    if value is None:
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(key, f"must be a finite number, got {value}")
+    if "choices" in meta and value not in meta["choices"]:
+        choices = ", ".join(repr(c) for c in meta["choices"])
+        raise ConfigError(key, f"must be one of {choices}, got {value!r}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "min" in meta and value < meta["min"]:
+            raise ConfigError(key, f"must be >= {meta['min']}, got {value}")
+        if "gt" in meta and value <= meta["gt"]:
+            raise ConfigError(key, f"must be > {meta['gt']}, got {value}")
+        if "max" in meta and value > meta["max"]:
+            raise ConfigError(key, f"must be <= {meta['max']}, got {value}")
+        if "lt" in meta and value >= meta["lt"]:
+            raise ConfigError(key, f"must be < {meta['lt']}, got {value}")
+        if "multiple_of" in meta and value % meta["multiple_of"] != 0:
+            raise ConfigError(key, f"must be a multiple of {meta['multiple_of']}, got {value}")
+
+
+def _walk(obj: Any, prefix: str = "") -> None:
+    for f in fields(obj):
+        key = f"{prefix}{f.name}"
+        value = getattr(obj, f.name)
+        _check_field(key, value, dict(f.metadata))
+        if is_dataclass(value):
+            _walk(value, key + ".")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if is_dataclass(item):
+                    _walk(item, f"{key}.{i}.")
+
+
+def _check_range(key: str, value: List[float], lo: float = -math.inf, hi: float = math.inf) -> None:
+    if len(value) != 2 or value[0] > value[1]:
+        raise ConfigError(key, f"must be [min, max] with min <= max, got {list(value)}")
+    if value[0] < lo or value[1] > hi:
+        raise ConfigError(key, f"must lie within [{lo}, {hi}], got {list(value)}")
+
+
+def validate(cfg: Config, *, require_prompt: bool = True) -> None:
+    """Range, choice and cross-field checks. Raises :class:`ConfigError` naming the first bad key."""
+    _walk(cfg)
+    if require_prompt and cfg.data.type == "text" and not cfg.prompt.strip():
+        raise ConfigError("prompt", 'is required: pass prompt="a photo of a corgi" or set it in the config file')
+    if cfg.data.type == "multiview" and not cfg.data.path:
+        raise ConfigError("data.path", "is required for data.type=multiview: point it at a transforms.json")
+    d = cfg.data
+    _check_range("data.elevation_range", d.elevation_range, -90, 90)
+    _check_range("data.azimuth_range", d.azimuth_range, -360, 360)
+    _check_range("data.radius_range", d.radius_range, 1e-6)
+    _check_range("data.fov_range", d.fov_range, 1e-3, 179)
+    _check_range("render.light_distance_range", cfg.render.light_distance_range, 0)
+    g = cfg.guidance
+    if g.t_min > g.t_max:
+        raise ConfigError("guidance.t_min", f"must be <= guidance.t_max ({g.t_max}), got {g.t_min}")
+    if g.t_max_final < g.t_min:
+        raise ConfigError("guidance.t_max_final", f"must be >= guidance.t_min ({g.t_min}), got {g.t_max_final}")
+    if not g.model.strip():
+        raise ConfigError("guidance.model", "is empty: use a hub id, a local folder, or 'tiny'")
+    for name in ("f_sb", "f_fsb", "f_fs", "f_sf"):
+        if len(getattr(g.perp_neg, name)) != 3:
+            raise ConfigError(f"guidance.perp_neg.{name}", "must be three numbers [a, b, c] of a*exp(-b*r)+c")
+    for i, concept in enumerate(g.sega.concepts):
+        if not concept.prompt.strip():
+            raise ConfigError(f"guidance.sega.concepts.{i}.prompt", "is required: every SEGA concept needs a prompt")
+    if len(cfg.scene.background_color) != 3 or not all(0 <= c <= 1 for c in cfg.scene.background_color):
+        raise ConfigError("scene.background_color", f"must be three numbers in [0, 1], got {list(cfg.scene.background_color)}")
+    if cfg.scene.max_resolution < cfg.scene.base_resolution:
+        raise ConfigError("scene.max_resolution", "must be >= scene.base_resolution")
+    if len(cfg.trainer.betas) != 2 or not all(0 <= b < 1 for b in cfg.trainer.betas):
+        raise ConfigError("trainer.betas", f"must be two numbers in [0, 1), got {list(cfg.trainer.betas)}")
+    for fmt in cfg.export.formats:
+        if fmt not in ("glb", "obj", "ply"):
+            raise ConfigError("export.formats", f"unknown format {fmt!r}: use glb, obj or ply")
+    for mode in cfg.export.video_modes:
+        if mode not in ("rgb", "normal", "depth", "opacity"):
+            raise ConfigError("export.video_modes", f"unknown mode {mode!r}: use rgb, normal, depth or opacity")
+    parse_threshold(cfg.export.threshold)
+
+
+def parse_threshold(value: str) -> Optional[float]:
+    """'auto' → None, else a float. Raises ConfigError for anything else."""
+    if str(value).strip().lower() == "auto":
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError("export.threshold", f"must be 'auto' or a number, got {value!r}") from None
+
+
+def to_yaml(cfg: Config) -> str:
+    """The resolved config as YAML (what is saved in a run folder)."""
+    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+
+
+def describe(cls: type = Config, prefix: str = "") -> List[tuple[str, Any, str]]:
+    """(dotted key, default, help) for every field; used by ``--help`` style listings and tests."""
+    out = []
+    for f in fields(cls):
+        default = f.default_factory() if f.default_factory is not DC_MISSING else f.default  # type: ignore[misc]
+        if is_dataclass(default):
+            out.extend(describe(type(default), f"{prefix}{f.name}."))
+        else:
+            out.append((f"{prefix}{f.name}", default, f.metadata.get("help", "")))
+    return out
