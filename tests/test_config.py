@@ -1,0 +1,125 @@
+"""Config schema, dotlist overrides and strict validation (one-line errors that name the key)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dreamperp.cli import main
+from dreamperp.config import Config, describe, load_config, to_yaml
+from dreamperp.errors import ConfigError, UsageError
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def test_every_field_is_documented():
+    rows = describe()
+    assert len(rows) > 80
+    undocumented = [key for key, _, help in rows if not help.strip()]
+    assert undocumented == []
+
+
+def test_defaults_and_overrides_have_schema_types():
+    cfg = load_config(None, ['prompt=a corgi', "trainer.max_steps=2000", "guidance.scale=7", "guidance.perp_neg.enabled=false",
+                             "data.elevation_range=[0,30]", "guidance.sega.concepts=[{prompt: sunglasses, scale: 3}]"])
+    assert cfg.prompt == "a corgi"
+    assert cfg.trainer.max_steps == 2000 and isinstance(cfg.trainer.max_steps, int)
+    assert cfg.guidance.scale == 7.0 and isinstance(cfg.guidance.scale, float)
+    assert cfg.guidance.perp_neg.enabled is False
+    assert cfg.data.elevation_range == [0.0, 30.0]
+    concept = cfg.guidance.sega.concepts[0]
+    assert (concept.prompt, concept.scale, concept.threshold) == ("sunglasses", 3.0, 0.9)
+    # Untouched values keep their defaults.
+    assert cfg.guidance.model == "stabilityai/stable-diffusion-2-1-base"
+    assert cfg.trainer.lr_grid == pytest.approx(1e-2)
+
+
+def test_quoted_prompt_with_spaces_and_equals():
+    cfg = load_config(None, ["prompt=a dog = happy, front"])
+    assert cfg.prompt == "a dog = happy, front"
+
+
+def test_file_then_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("prompt: a cat\ntrainer:\n  max_steps: 10\n")
+    cfg = load_config(path, ["trainer.max_steps=20"])
+    assert (cfg.prompt, cfg.trainer.max_steps) == ("a cat", 20)
+    # The saved YAML round-trips to the same config.
+    again = tmp_path / "again.yaml"
+    again.write_text(to_yaml(cfg))
+    assert load_config(again) == cfg
+
+
+@pytest.mark.parametrize(
+    "overrides, key, words",
+    [
+        (["prompt=x", "trainer.max_step=3"], "trainer.max_step", "did you mean 'trainer.max_steps'"),
+        (["prompt=x", "guidence.scale=3"], "guidence", "did you mean 'guidance'"),
+        (["prompt=x", "trainer.max_steps=abc"], "trainer.max_steps", "expected int"),
+        (["prompt=x", "guidance.perp_neg.enabled=maybe"], "guidance.perp_neg.enabled", "expected bool"),
+        ([], "prompt", "required"),
+        (["prompt=   "], "prompt", "required"),
+        (["prompt=x", "trainer.max_steps=-5"], "trainer.max_steps", ">= 1"),
+        (["prompt=x", "data.width=60"], "data.width", "multiple of 8"),
+        (["prompt=x", "sample.height=100"], "sample.height", "multiple of 8"),
+        (["prompt=x", "guidance.scale=-1"], "guidance.scale", ">= 0"),
+        (["prompt=x", "guidance.perp_neg.schedule=foo"], "guidance.perp_neg.schedule", "one of"),
+        (["prompt=x", "guidance.sega.concepts=[{scale: 3}]"], "guidance.sega.concepts.0.prompt", "required"),
+        (["prompt=x", "guidance.sega.concepts=[{prompt: a, threshold: 1.0}]"], "guidance.sega.concepts.0.threshold", "< 1"),
+        (["prompt=x", "guidance.t_min=0.9", "guidance.t_max=0.5"], "guidance.t_min", "<="),
+        (["prompt=x", "data.fov_range=[70, 40]"], "data.fov_range", "min <= max"),
+        (["prompt=x", "export.threshold=high"], "export.threshold", "'auto' or a number"),
+        (["data.type=multiview"], "data.path", "required"),
+    ],
+)
+def test_config_errors_name_the_key(overrides, key, words):
+    with pytest.raises(ConfigError) as info:
+        load_config(None, overrides)
+    message = str(info.value)
+    assert info.value.key == key
+    assert f"'{key}'" in message and words in message
+    assert "\n" not in message
+
+
+def test_bad_files_and_overrides(tmp_path):
+    with pytest.raises(UsageError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prompt: [unclosed\n")
+    with pytest.raises(UsageError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(UsageError, match="mapping"):
+        load_config(listy)
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("prompt: x\ntrainer:\n  maxsteps: 3\n")
+    with pytest.raises(ConfigError, match=r"trainer.maxsteps.*bad|trainer.maxsteps.*unknown"):
+        load_config(unknown)
+    with pytest.raises(UsageError, match="key=value"):
+        load_config(None, ["prompt"])
+
+
+def test_shipped_configs_validate():
+    shipped = sorted(CONFIGS.glob("*.yaml"))
+    assert shipped, "configs/ holds the shipped configs"
+    for path in shipped:
+        cfg = load_config(path, ["prompt=a test", "data.path=somewhere"], require_prompt=False)
+        assert isinstance(cfg, Config)
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [(["trainer.max_steps=-1"], "trainer.max_steps"), (["data.width=12"], "data.width"), (["guidance.scale=-3"], "guidance.scale"),
+     (["trainer.bogus=1"], "trainer.bogus"), (["prompt="], "prompt")],
+)
+def test_train_cli_config_errors_exit_2_and_write_nothing(tmp_path, capsys, overrides, key):
+    out = tmp_path / "runs"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("prompt: a corgi\nguidance:\n  model: tiny\n")
+    code = main(["train", str(cfg), f"output_dir={out}", *overrides])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert key in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
