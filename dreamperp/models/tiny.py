@@ -1,11 +1,322 @@
-"""Tiny randomly initialised offline Stable Diffusion pipeline."""
+"""Tiny randomly initialised offline Stable Diffusion pipeline.
+
+Used by the tests and ``configs/tiny.yaml`` so that everything runs on a CPU without model
+weights. The folder has the diffusers layout (``model_index.json`` + ``unet/``, ``vae/``,
+``text_encoder/``, ``tokenizer/``, ``scheduler/``) and loads with
+``StableDiffusionPipeline.from_pretrained(path)`` offline. Latents are 4x8x8, images 64x64.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections import Counter
+from pathlib import Path
+from typing import Dict, List, Tuple
 
 from dreamperp.errors import UsageError
 
+# Bump when the architecture, tokenizer or file layout changes: cached models are keyed by it.
+TINY_FORMAT_VERSION = 1
+# Marker file that says "this folder was written by build_tiny_pipeline" (safe to overwrite).
+MARKER_FILE = "dreamperp_tiny.json"
+SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+BOS_TOKEN = "<|startoftext|>"
+EOS_TOKEN = "<|endoftext|>"
+MAX_LENGTH = 77
+NUM_MERGES = 400
+
+# Text the tokenizer's merges are learned from: words that prompts are made of, so typical
+# prompts tokenize to a few tokens per word instead of one token per letter.
+_BPE_CORPUS = """
+a photo of a the an and with on in at to for from by is are of front side back overhead view
+a dslr photo of a cute corgi dog puppy cat kitten bird peacock owl parrot eagle horse cow
+a zoomed out photo of a delicious hamburger pizza cake ice cream cup coffee tea apple banana
+a high quality render of a wooden chair table lamp car truck bicycle motorcycle airplane boat
+a portrait of a man woman child person wearing glasses hat sunglasses crown helmet scarf
+a beautiful detailed painting of a castle house tower tree flower rose garden mountain river
+a small red blue green yellow white black orange purple pink brown gray golden silver colored
+a 3d model of a robot astronaut knight dragon dinosaur teddy bear toy statue sculpture vase
+highly detailed realistic photorealistic studio lighting sharp focus 4k 8k trending on artstation
+blurry low quality ugly deformed bad anatomy cropped watermark text signature out of frame
+the quick brown fox jumps over the lazy dog while the rain falls in the sleeping city tonight
+standing sitting running flying smiling looking at the camera on a white background isolated
+there their they this that these those what when where which while who why how has have had
+ing tion ness ment able ful less ous ive ally ing ed er est ly re un in dis over under
+"""
+
+
+def _bytes_to_unicode() -> Dict[int, str]:
+    """GPT-2/CLIP byte → printable unicode character map (the byte-level base alphabet)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, (chr(c) for c in cs)))
+
+
+def _learn_merges(text: str, num_merges: int) -> List[Tuple[str, str]]:
+    """Plain BPE on the corpus words (CLIP style: the last symbol of a word carries ``</w>``).
+
+    Ties are broken by the pair itself so the merges are the same on every machine.
+    """
+    byte_map = _bytes_to_unicode()
+    words = Counter(
+        "".join(byte_map[b] for b in w.encode("utf-8")) for w in re.findall(r"[a-z]+|[0-9]", text.lower())
+    )
+    splits = {w: tuple(w[:-1]) + (w[-1] + "</w>",) for w in words}
+    merges: List[Tuple[str, str]] = []
+    for _ in range(num_merges):
+        pairs: Counter = Counter()
+        for w, freq in words.items():
+            sym = splits[w]
+            for a, b in zip(sym, sym[1:]):
+                pairs[(a, b)] += freq
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        for w, sym in splits.items():
+            out: List[str] = []
+            i = 0
+            while i < len(sym):
+                if i + 1 < len(sym) and (sym[i], sym[i + 1]) == best:
+                    out.append(sym[i] + sym[i + 1])
+                    i += 2
+                else:
+                    out.append(sym[i])
+                    i += 1
+            splits[w] = tuple(out)
+    return merges
+
+
+def tokenizer_files() -> Tuple[Dict[str, int], List[Tuple[str, str]]]:
+    """The tiny tokenizer's vocab (token → id) and merges, laid out like CLIP's.
+
+    Order: 256 byte symbols, the same with ``</w>``, merge results, then ``<|startoftext|>`` and
+    ``<|endoftext|>`` last (CLIPTextModel pools at the highest id when eos_token_id is legacy).
+    """
+    base = list(_bytes_to_unicode().values())
+    tokens = base + [b + "</w>" for b in base]
+    merges = _learn_merges(_BPE_CORPUS, NUM_MERGES)
+    seen = set(tokens)
+    for a, b in merges:
+        if a + b not in seen:
+            seen.add(a + b)
+            tokens.append(a + b)
+    tokens += [BOS_TOKEN, EOS_TOKEN]
+    return {t: i for i, t in enumerate(tokens)}, merges
+
+
+def _write_json(path: Path, obj: object) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _write_tokenizer(folder: Path) -> int:
+    """Write vocab.json, merges.txt and the tokenizer configs; returns the vocab size."""
+    vocab, merges = tokenizer_files()
+    folder.mkdir(parents=True, exist_ok=True)
+    _write_json(folder / "vocab.json", vocab)
+    (folder / "merges.txt").write_text(
+        "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8"
+    )
+    special = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": EOS_TOKEN, "unk_token": EOS_TOKEN}
+    _write_json(folder / "special_tokens_map.json", special)
+    _write_json(
+        folder / "tokenizer_config.json",
+        {
+            **special,
+            "tokenizer_class": "CLIPTokenizer",
+            "model_max_length": MAX_LENGTH,
+            "do_lower_case": True,
+            "clean_up_tokenization_spaces": True,
+            "errors": "replace",
+        },
+    )
+    return len(vocab)
+
+
+def _model_configs(vocab_size: int) -> Dict[str, dict]:
+    """Constructor arguments of the three networks (small enough for CPU, SD-shaped)."""
+    bos_id, eos_id = vocab_size - 2, vocab_size - 1
+    return {
+        "unet": dict(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            norm_num_groups=8,
+            cross_attention_dim=32,
+            attention_head_dim=(2, 4),  # diffusers' name for the number of heads: 16 channels each
+        ),
+        "vae": dict(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(8, 16, 16, 16),  # four blocks: vae_scale_factor 2**3 = 8
+            layers_per_block=1,
+            norm_num_groups=4,
+            latent_channels=4,
+            sample_size=64,
+            scaling_factor=0.18215,
+        ),
+        "text_encoder": dict(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=MAX_LENGTH,
+            hidden_act="quick_gelu",
+            projection_dim=32,
+            bos_token_id=bos_id,
+            eos_token_id=eos_id,
+            pad_token_id=eos_id,
+        ),
+    }
+
+
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    prediction_type="epsilon",
+)
+
+
+def _reinit_zero_weights(module, generator) -> None:
+    """Give zero-initialised output layers small random weights.
+
+    Random-init diffusers models start some projections at zero; the tiny model must give
+    prompt- and input-dependent outputs so guidance tests see real differences.
+    """
+    import torch
+
+    with torch.no_grad():
+        for name, p in module.named_parameters():
+            if p.dim() >= 2 and not p.any():
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=generator) / fan_in**0.5)
+
+
+def build_tiny_pipeline(path: str | os.PathLike, seed: int = 0) -> Path:
+    """Write the tiny random SD pipeline to ``path`` (created; existing files are replaced).
+
+    Same ``seed`` → byte-identical files. Does not touch the global torch RNG.
+    """
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab_size = _write_tokenizer(out / "tokenizer")
+    configs = _model_configs(vocab_size)
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed + 1)
+        unet = UNet2DConditionModel(**configs["unet"])
+        vae = AutoencoderKL(**configs["vae"])
+        text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+        for m in (unet, vae, text_encoder):
+            _reinit_zero_weights(m, gen)
+
+    unet.save_pretrained(out / "unet", safe_serialization=True)
+    vae.save_pretrained(out / "vae", safe_serialization=True)
+    text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
+    DDIMScheduler(**SCHEDULER_CONFIG).save_pretrained(out / "scheduler")
+
+    import diffusers
+
+    _write_json(
+        out / "model_index.json",
+        {
+            "_class_name": "StableDiffusionPipeline",
+            "_diffusers_version": diffusers.__version__,
+            "feature_extractor": [None, None],
+            "image_encoder": [None, None],
+            "requires_safety_checker": False,
+            "safety_checker": [None, None],
+            "scheduler": ["diffusers", "DDIMScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+            "vae": ["diffusers", "AutoencoderKL"],
+        },
+    )
+    _write_json(out / MARKER_FILE, {"format_version": TINY_FORMAT_VERSION, "seed": seed})
+    return out
+
+
+def is_tiny_model_dir(path: str | os.PathLike) -> bool:
+    """True when ``path`` holds a model written by :func:`build_tiny_pipeline`."""
+    return (Path(path) / MARKER_FILE).is_file()
+
+
+def _cache_root() -> Path:
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "dreamperp"
+
+
+def tiny_model_path(seed: int = 0) -> Path:
+    """The cached tiny model for ``seed``, built on first use (``$XDG_CACHE_HOME/dreamperp/``).
+
+    Built in a temp folder next to its final place and renamed, so a crash never leaves a half
+    model behind and concurrent builders are safe (the first rename wins, the others discard).
+    """
+    root = _cache_root()
+    final = root / f"tiny-sd-v{TINY_FORMAT_VERSION}-seed{seed}"
+    if (final / "model_index.json").is_file() and is_tiny_model_dir(final):
+        return final
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create the model cache folder '{root}': {err.strerror} (set XDG_CACHE_HOME to a writable folder)") from None
+    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=root))
+    try:
+        build_tiny_pipeline(tmp, seed)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            # Another process finished first (final exists and is non-empty): use theirs.
+            if not is_tiny_model_dir(final):
+                raise UsageError(f"'{final}' exists but is not a complete tiny model: delete it and run again") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
 
 def tiny_model_command(args: argparse.Namespace) -> int:
-    raise UsageError("'dreamperp tiny-model' is not implemented yet")
+    """``dreamperp tiny-model PATH [--seed N]``."""
+    out = Path(args.path)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"'{out}' exists and is not a folder: choose another PATH")
+    if out.is_dir() and any(out.iterdir()) and not is_tiny_model_dir(out):
+        raise UsageError(f"folder '{out}' is not empty and is not a tiny model: choose an empty or new PATH")
+    if is_tiny_model_dir(out):
+        # Replace the previous tiny model wholesale so no stale file of another version survives.
+        for name in SUBFOLDERS:
+            shutil.rmtree(out / name, ignore_errors=True)
+    build_tiny_pipeline(out, seed=args.seed)
+    print(out)
+    return 0

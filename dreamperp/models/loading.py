@@ -1,0 +1,213 @@
+"""Load the frozen Stable Diffusion components from a hub id, a local folder, or 'tiny'.
+
+Every expected failure (missing folder, a folder that is not an SD pipeline, a hub id that is not
+cached while offline) is a one-line :class:`UsageError`, never a traceback from inside diffusers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from dreamperp.errors import UsageError
+
+REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
+_HOW_TO_FIX = "set guidance.model to a local diffusers folder, a hub id, or 'tiny'"
+
+
+@dataclass
+class SDComponents:
+    """The frozen parts of a Stable Diffusion pipeline, in eval mode with requires_grad False.
+
+    ``resolution`` is the image size in pixels the UNet was made for (sample_size * vae_scale_factor),
+    e.g. 512 for SD 1.x/2.x base and 64 for the tiny model; latents are
+    ``[B, latent_channels, resolution // vae_scale_factor, resolution // vae_scale_factor]``.
+    """
+
+    unet: Any  # diffusers.UNet2DConditionModel
+    vae: Any  # diffusers.AutoencoderKL
+    text_encoder: Any  # transformers.CLIPTextModel
+    tokenizer: Any  # transformers.CLIPTokenizer
+    scheduler: Any  # the model's own diffusers scheduler (see scheduler.config.prediction_type)
+    resolution: int
+    vae_scale_factor: int
+    latent_channels: int
+    model: str  # what the user asked for: hub id, folder or 'tiny'
+    path: Path  # the local folder the weights were read from
+    device: Any  # torch.device
+    dtype: Any  # torch.dtype
+
+
+def _hub_offline() -> bool:
+    # huggingface_hub reads HF_HUB_OFFLINE once at import; read the environment now as well.
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").strip().upper()
+    return env in ("1", "ON", "YES", "TRUE") or bool(constants.HF_HUB_OFFLINE)
+
+
+def _looks_like_path(model: str) -> bool:
+    return (
+        model.startswith((".", "/", "~", "\\"))
+        or model.endswith(("/", "\\"))
+        or "\\" in model
+        or model.count("/") > 1
+        or (len(model) > 1 and model[1] == ":")  # C:\...
+        or not _HUB_ID.match(model)
+    )
+
+
+def _download(model_id: str) -> Path:
+    """Snapshot folder of a hub SD pipeline: from the HF cache, or downloaded when online."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    offline = _hub_offline()
+    allow = ["model_index.json"] + [f"{s}/*.json" for s in REQUIRED_SUBFOLDERS] + [f"{s}/*.txt" for s in REQUIRED_SUBFOLDERS]
+    weights = [f"{s}/*.safetensors" for s in ("unet", "vae", "text_encoder")]
+    ignore = ["*.fp16.*", "*non_ema*", "*.ckpt", "*flax*", "*.msgpack", "*onnx*"]
+    try:
+        folder = Path(snapshot_download(model_id, allow_patterns=allow + weights, ignore_patterns=ignore, local_files_only=offline))
+        missing_weights = [s for s in ("unet", "vae", "text_encoder") if not any((folder / s).glob("*.safetensors"))]
+        if missing_weights and not offline:
+            # Older repos ship only PyTorch .bin files.
+            folder = Path(snapshot_download(model_id, allow_patterns=[f"{s}/*.bin" for s in missing_weights], ignore_patterns=ignore))
+    except LocalEntryNotFoundError:
+        why = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else "the hub cannot be reached"
+        raise UsageError(
+            f"model '{model_id}' is not in the Hugging Face cache and {why}: its weights are needed — "
+            f"download them once with network access, or set guidance.model to a local diffusers folder "
+            f"(or 'tiny' for the offline test model)"
+        ) from None
+    except GatedRepoError:
+        raise UsageError(f"model '{model_id}' is gated on the Hugging Face hub: accept its licence and run `hf auth login`, or {_HOW_TO_FIX}") from None
+    except RepositoryNotFoundError:
+        raise UsageError(f"model '{model_id}' was not found on the Hugging Face hub: check the id, or {_HOW_TO_FIX}") from None
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"could not fetch model '{model_id}' from the Hugging Face hub: {first}") from None
+    return folder
+
+
+def check_pipeline_folder(folder: Path, name: Optional[str] = None) -> None:
+    """Raise UsageError unless ``folder`` has the diffusers Stable Diffusion layout."""
+    label = f"'{name or folder}'"
+    if not (folder / "model_index.json").is_file():
+        raise UsageError(f"{label} is not a diffusers Stable Diffusion folder: it has no model_index.json ({_HOW_TO_FIX})")
+    try:
+        json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise UsageError(f"{label} is not a diffusers Stable Diffusion folder: model_index.json is not valid JSON") from None
+    missing = [s for s in REQUIRED_SUBFOLDERS if not (folder / s).is_dir()]
+    if missing:
+        raise UsageError(
+            f"{label} is not a diffusers Stable Diffusion folder: missing subfolder(s) {', '.join(missing)} ({_HOW_TO_FIX})"
+        )
+
+
+def resolve_model(model: str) -> str:
+    """Local folder holding the pipeline for ``model`` (hub id, folder, or 'tiny'), as a string.
+
+    'tiny' builds the tiny model into the user cache on first use. Hub ids come from the HF cache,
+    or are downloaded when online. Raises UsageError for anything that cannot be a pipeline.
+    """
+    model = str(model).strip()
+    if not model:
+        raise UsageError(f"guidance.model is empty: {_HOW_TO_FIX}")
+    if model == "tiny":
+        from dreamperp.models.tiny import tiny_model_path
+
+        folder, name = tiny_model_path(), None
+    elif Path(model).expanduser().exists():
+        folder, name = Path(model).expanduser(), None
+        if not folder.is_dir():
+            raise UsageError(f"model path '{model}' is a file, not a diffusers Stable Diffusion folder ({_HOW_TO_FIX})")
+    elif _looks_like_path(model):
+        raise UsageError(f"model folder '{model}' does not exist ({_HOW_TO_FIX})")
+    else:
+        folder, name = _download(model), f"hub model {model}"
+    check_pipeline_folder(folder, name)
+    return str(folder)
+
+
+def _as_dtype(dtype: Any, device: Any) -> Any:
+    import torch
+
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype or "auto").replace("torch.", "")
+    if name == "auto":
+        return torch.float16 if torch.device(device).type == "cuda" else torch.float32
+    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+    if name not in table:
+        raise UsageError(f"unknown dtype {dtype!r}: use auto, float32, float16 or bfloat16")
+    return table[name]
+
+
+def _load(what: str, folder: Path, fn, *args, **kwargs) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, json.JSONDecodeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UsageError(f"cannot load the {what} from '{folder / what}': {first[:300]}") from None
+
+
+def _freeze(module: Any, device: Any) -> Any:
+    module.to(device=device)
+    module.eval()
+    module.requires_grad_(False)
+    return module
+
+
+def load_components(
+    model: str,
+    device: Union[str, Any] = "cpu",
+    dtype: Union[str, Any] = "auto",
+) -> SDComponents:
+    """Load UNet, VAE, text encoder, tokenizer and scheduler of ``model`` (hub id, folder or 'tiny').
+
+    Models are frozen (eval, requires_grad False) on ``device`` in ``dtype`` (a torch dtype or
+    'auto'/'float32'/'float16'/'bfloat16'; 'auto' is fp16 on CUDA, fp32 otherwise). Gradients can
+    still flow through the VAE to its *input* (SDS backpropagates the latent into the render).
+    """
+    import diffusers
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    folder = Path(resolve_model(model))
+    device = torch.device(device)
+    dtype = _as_dtype(dtype, device)
+    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+
+    # Cast while loading (not with .to() afterwards) so diffusers keeps any fp32-only modules in fp32.
+    unet = _load("unet", folder, UNet2DConditionModel.from_pretrained, folder / "unet", torch_dtype=dtype, low_cpu_mem_usage=False)
+    vae = _load("vae", folder, AutoencoderKL.from_pretrained, folder / "vae", torch_dtype=dtype, low_cpu_mem_usage=False)
+    text_encoder = _load("text_encoder", folder, CLIPTextModel.from_pretrained, folder / "text_encoder", dtype=dtype)
+    tokenizer = _load("tokenizer", folder, CLIPTokenizer.from_pretrained, folder / "tokenizer")
+    sched_entry = index.get("scheduler") or [None, "DDIMScheduler"]
+    sched_cls = getattr(diffusers, str(sched_entry[-1]), None) or diffusers.DDIMScheduler
+    scheduler = _load("scheduler", folder, sched_cls.from_pretrained, folder / "scheduler")
+
+    for m in (unet, vae, text_encoder):
+        _freeze(m, device)
+    vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+    return SDComponents(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        resolution=int(unet.config.sample_size) * vae_scale_factor,
+        vae_scale_factor=vae_scale_factor,
+        latent_channels=int(unet.config.in_channels),
+        model=str(model),
+        path=folder,
+        device=device,
+        dtype=dtype,
+    )

@@ -1,0 +1,19 @@
+"""Shared test fixtures. Tests never touch the network: the hub is forced offline here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random SD pipeline folder (diffusers layout, 64x64 images), built once per session."""
+    from dreamperp.models.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd") / "model", seed=0)
