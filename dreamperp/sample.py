@@ -1,11 +1,178 @@
-"""2D text-to-image sampling with Perp-Neg and SEGA guidance."""
+"""2D text-to-image sampling with Perp-Neg and SEGA guidance (``dreamperp sample``).
+
+The denoising loop uses the prior's guided UNet call, so the guidance is the code SDS trains with.
+With SEGA concepts and no view it reproduces diffusers' ``SemanticStableDiffusionPipeline``
+(same noise from the seed, scheduler, guidance and 8-bit rounding).
+"""
 
 from __future__ import annotations
 
 import argparse
+import inspect
+import math
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, List, Sequence
 
-from dreamperp.errors import UsageError
+import numpy as np
+
+from dreamperp.config import Config, SampleConfig, load_config
+from dreamperp.errors import ConfigError, UsageError
+
+#: Keys of the ``sample`` section that may be given without the ``sample.`` prefix.
+SHORTHAND_KEYS = tuple(f.name for f in fields(SampleConfig))
+
+
+def rewrite_shorthand(overrides: Sequence[str]) -> List[str]:
+    """``view=back`` → ``sample.view=back`` (same for azimuth, elevation, steps, num_images, ...)."""
+    out = []
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        out.append(f"sample.{key.strip()}{sep}{value}" if sep and key.strip() in SHORTHAND_KEYS else item)
+    return out
+
+
+def scheduler_class(name: str) -> Any:
+    """The diffusers scheduler class called ``name``, or None for ''. ConfigError for anything else."""
+    if not name:
+        return None
+    import diffusers
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
+        raise ConfigError("sample.scheduler", f"unknown diffusers scheduler {name!r} (e.g. DDIMScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler; empty: the model's own)")
+    return cls
+
+
+def make_scheduler(default: Any, name: str) -> Any:
+    """A fresh scheduler: ``default``'s class, or the diffusers class ``name``, with ``default``'s config."""
+    cls = scheduler_class(name) or type(default)
+    return cls.from_config(default.config)
+
+
+def _step_kwargs(scheduler: Any, generator: Any, eta: float) -> dict:
+    # Same as diffusers' prepare_extra_step_kwargs: only pass what the scheduler's step accepts.
+    params = set(inspect.signature(scheduler.step).parameters)
+    kwargs = {}
+    if "eta" in params:
+        kwargs["eta"] = eta
+    if "generator" in params:
+        kwargs["generator"] = generator
+    return kwargs
+
+
+def view_weights(cfg: Config, batch: int) -> tuple[Any, Any]:
+    """``(pos_mix, neg_weights)`` ``[batch, 4]`` on the CPU for ``sample.view``/``sample.azimuth``, or (None, None)."""
+    import torch
+
+    from dreamperp.guidance.views import named_view_mix, nearest_view_mix, perpneg_params, perpneg_weights
+
+    s, pn = cfg.sample, cfg.guidance.perp_neg
+    if s.view:
+        return named_view_mix(s.view, batch, pn, s.elevation, use_perp_neg=pn.enabled)
+    if s.azimuth is not None:
+        az = torch.full((batch,), float(s.azimuth))
+        el = torch.full((batch,), float(s.elevation))
+        if pn.enabled:
+            return perpneg_weights(az, el, **perpneg_params(pn))
+        return nearest_view_mix(az, el, pn.overhead_threshold)
+    return None, None
+
+
+def _progress(items: Any, show: bool) -> Any:
+    if not show:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc="sampling", leave=False)
+
+
+def sample_images(cfg: Config, device: Any = None, prior: Any = None, show_progress: bool = False) -> np.ndarray:
+    """Generate ``cfg.sample.num_images`` images; float32 ``[N, H, W, 3]`` in [0, 1].
+
+    Noise comes from a CPU ``torch.Generator`` seeded with ``cfg.seed`` (as diffusers pipelines do
+    with ``generator=torch.Generator().manual_seed(seed)``), so the images do not depend on the device.
+    SEGA warm-up/cool-down count denoising steps here.
+    """
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    from dreamperp.guidance.prior import StableDiffusionPrior, resolve_device
+
+    device = resolve_device(device if device is not None else cfg.device)
+    if prior is None:
+        prior = StableDiffusionPrior(cfg.guidance, cfg.prompt, cfg.negative_prompt, device)
+    s = cfg.sample
+    scheduler = make_scheduler(prior.scheduler, s.scheduler)
+    n = s.num_images
+    generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+    shape = (n, prior.latent_channels, s.height // prior.vae_scale_factor, s.width // prior.vae_scale_factor)
+
+    with torch.no_grad():
+        scheduler.set_timesteps(s.steps, device=prior.device)
+        latents = randn_tensor(shape, generator=generator, device=prior.device, dtype=prior.dtype)
+        latents = latents * scheduler.init_noise_sigma
+        step_kwargs = _step_kwargs(scheduler, generator, s.eta)
+        pos_mix, neg_weights = view_weights(cfg, n)
+        momentum = None
+        for i, t in enumerate(_progress(scheduler.timesteps, show_progress)):
+            model_in = scheduler.scale_model_input(latents, t)
+            out, momentum = prior.guided_prediction(model_in, t.reshape(1).expand(n), pos_mix, neg_weights, i, momentum)
+            latents = scheduler.step(out, t, latents, **step_kwargs).prev_sample
+        image = prior.vae.decode(latents / prior.scaling_factor, return_dict=False)[0]
+        image = (image * 0.5 + 0.5).clamp(0, 1)
+        return image.cpu().permute(0, 2, 3, 1).float().numpy()
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """Float [0, 1] → uint8 exactly as diffusers' ``numpy_to_pil``: ``(x * 255).round()``."""
+    return (images * 255).round().astype("uint8")
+
+
+def make_grid(images: np.ndarray) -> np.ndarray:
+    """``[N, H, W, 3]`` uint8 → one image with ceil(sqrt(N)) columns (blank cells black)."""
+    n, h, w, c = images.shape
+    cols = math.ceil(math.sqrt(n))
+    rows = math.ceil(n / cols)
+    grid = np.zeros((rows * h, cols * w, c), dtype=images.dtype)
+    for k in range(n):
+        r, q = divmod(k, cols)
+        grid[r * h : (r + 1) * h, q * w : (q + 1) * w] = images[k]
+    return grid
+
+
+def write_images(images: np.ndarray, out_dir: Path) -> List[Path]:
+    """Write ``0000.png, 0001.png, ...`` (and ``grid.png`` when several) into ``out_dir``."""
+    from PIL import Image
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create output folder '{out_dir}': {err.strerror}") from None
+    pixels = to_uint8(images)
+    named = [(out_dir / f"{k:04d}.png", img) for k, img in enumerate(pixels)]
+    if len(pixels) > 1:
+        named.append((out_dir / "grid.png", make_grid(pixels)))
+    for path, img in named:
+        try:
+            Image.fromarray(img).save(path)
+        except OSError as err:
+            raise UsageError(f"cannot write '{path}': {err.strerror or err}") from None
+    return [path for path, _ in named]
 
 
 def sample_command(args: argparse.Namespace) -> int:
-    raise UsageError("'dreamperp sample' is not implemented yet")
+    """``dreamperp sample CONFIG [key=value ...] --out DIR``."""
+    cfg = load_config(args.config, rewrite_shorthand(args.overrides or []))
+    if not cfg.prompt.strip():
+        raise ConfigError("prompt", 'is required: pass prompt="a photo of a corgi" or set it in the config file')
+    scheduler_class(cfg.sample.scheduler)  # fail on a bad name before loading the model
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out '{out_dir}' exists and is not a folder")
+    images = sample_images(cfg, show_progress=sys.stderr.isatty())
+    paths = write_images(images, out_dir)
+    print(f"wrote {len(images)} image(s) to {out_dir}" + (f" (grid: {paths[-1].name})" if len(images) > 1 else ""))
+    return 0
