@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from dataclasses import MISSING as DC_MISSING
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from dreamperp.errors import ConfigError, UsageError
 
@@ -93,6 +94,7 @@ class RenderConfig:
     occ_update_every: int = opt(16, "Update the occupancy grid every n steps (occgrid sampler).", min=1)
     occ_threshold: float = opt(0.01, "Occupancy threshold on opacity per step (occgrid sampler).", gt=0)
     render_step_size: float = opt(0.005, "March step size in scene units (occgrid sampler).", gt=0)
+    skip_weight: float = opt(0.01, "Dense sampler: per ray, the lowest-weight samples whose weights sum to at most this skip the albedo/normal evaluation (bounds the colour error per pixel; 0: evaluate all).", min=0, max=1)
     albedo_warmup_steps: int = opt(1000, "Steps rendered with albedo only before random lambertian/textureless shading starts.", min=0)
     textureless_prob: float = opt(0.5, "After warm-up: probability of textureless shading (else lambertian).", min=0, max=1)
     ambient_ratio: float = opt(0.1, "Ambient light share in lambertian and textureless shading.", min=0, max=1)
@@ -171,6 +173,7 @@ class LossConfig:
     lambda_opacity_entropy: float = opt(0.001, "Binary entropy of opacity, pushes it to 0 or 1.", min=0)
     lambda_rgb: float = opt(1.0, "Multiview: photometric MSE weight.", min=0)
     lambda_alpha: float = opt(0.1, "Multiview: opacity-vs-alpha MSE weight.", min=0)
+    ramp_steps: int = opt(0, "Regulariser weights (orient, sparsity, opacity entropy) grow linearly from 0 to their value over the first n steps (0: full weight from the start).", min=0)
 
 
 # ------------------------------------------------------------------------------------------ trainer
@@ -191,6 +194,8 @@ class TrainerConfig:
     progress: bool = opt(True, "Show a progress bar.")
     tensorboard: bool = opt(True, "Also log to TensorBoard when it is installed.")
     video_at_end: bool = opt(True, "Write a turntable video and a mesh when training ends.")
+    val_size: int = opt(128, "Side in pixels of each view in the validation grid.", min=8)
+    grad_scaler: bool = opt(True, "Scale the loss with a GradScaler when the prior runs in float16 on CUDA (guards fp16 gradients through the VAE).")
 
 
 # ------------------------------------------------------------------------------------------- export
@@ -304,10 +309,12 @@ def _field_type_name(full_key: str) -> str:
     return text.replace("typing.", "")
 
 
-def _wrap_omegaconf_error(err: OmegaConfBaseException, origin: str) -> ConfigError:
-    key = str(getattr(err, "full_key", "") or "?")
-    if isinstance(err, ConfigKeyError):
+def _wrap_omegaconf_error(err: OmegaConfBaseException, origin: str, key: str = "") -> ConfigError:
+    key = re.sub(r"\[(\d+)\]", r".\1", str(getattr(err, "full_key", "") or key or "?"))
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)):
         return ConfigError(key, f"unknown key in {origin}{_suggest(key)}")
+    if isinstance(err, ValidationError) and getattr(err, "value", None) is None:
+        return ConfigError(key, f"a value is required, got an empty value (null) in {origin}")
     if isinstance(err, ValidationError):
         expected = _field_type_name(key)
         exp = f", expected {expected}" if expected else ""
@@ -315,14 +322,37 @@ def _wrap_omegaconf_error(err: OmegaConfBaseException, origin: str) -> ConfigErr
     return ConfigError(key, f"{str(err).splitlines()[0]} (in {origin})")
 
 
-def _parse_dotlist(overrides: Sequence[str]) -> DictConfig:
+def _check_list_indices(merged: Any, key: str) -> None:
+    """A numeric key part must address an existing list item (OmegaConf's own error is cryptic)."""
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not part.isdigit() or i == 0:
+            continue
+        parent = ".".join(parts[:i])
+        node = OmegaConf.select(merged, parent, default=None)
+        if isinstance(node, ListConfig) and int(part) >= len(node):
+            raise ConfigError(key, f"'{parent}' has {len(node)} item(s), so index {part} does not exist; set the whole list instead, e.g. {parent}=[...]")
+
+
+def _apply_overrides(merged: Any, overrides: Sequence[str]) -> Any:
+    """Apply ``key=value`` items one by one, so list items can be addressed (``concepts.0.scale=3``)."""
     for item in overrides:
-        if "=" not in item or item.startswith("="):
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
             raise UsageError(f"override '{item}' is not of the form key=value (e.g. trainer.max_steps=2000)")
-    try:
-        return OmegaConf.from_dotlist(list(overrides))
-    except OmegaConfBaseException as err:
-        raise UsageError(f"could not parse overrides: {str(err).splitlines()[0]}") from None
+        try:
+            value = OmegaConf.from_dotlist([f"value={text}"])["value"]  # YAML value grammar, as OmegaConf parses it
+        except OmegaConfBaseException as err:
+            raise UsageError(f"could not parse the value of override '{item}': {str(err).splitlines()[0]}") from None
+        _check_list_indices(merged, key)
+        try:
+            OmegaConf.update(merged, key, value, merge=True)
+        except OmegaConfBaseException as err:
+            raise _wrap_omegaconf_error(err, "the command-line overrides", key) from None
+        except (TypeError, IndexError, KeyError, ValueError):
+            raise ConfigError(key, f"cannot set this key to {text!r} (check the key path and list indices)") from None
+    return merged
 
 
 def load_config(path: Optional[str | Path], overrides: Sequence[str] = (), *, require_prompt: bool = True) -> Config:
@@ -342,11 +372,7 @@ def load_config(path: Optional[str | Path], overrides: Sequence[str] = (), *, re
             merged = OmegaConf.merge(merged, file_cfg)
         except OmegaConfBaseException as err:
             raise _wrap_omegaconf_error(err, f"'{p}'") from None
-    if overrides:
-        try:
-            merged = OmegaConf.merge(merged, _parse_dotlist(overrides))
-        except OmegaConfBaseException as err:
-            raise _wrap_omegaconf_error(err, "the command-line overrides") from None
+    merged = _apply_overrides(merged, overrides)
     try:
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except OmegaConfBaseException as err:

@@ -123,3 +123,15 @@ def test_train_cli_config_errors_exit_2_and_write_nothing(tmp_path, capsys, over
     assert code == 2
     assert key in err and err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_override_addresses_list_items(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("prompt: x\nguidance:\n  sega:\n    concepts:\n      - prompt: sunglasses\n")
+    cfg = load_config(path, ["guidance.sega.concepts.0.scale=3", "guidance.sega.concepts.0.reverse=true"])
+    concept = cfg.guidance.sega.concepts[0]
+    assert (concept.prompt, concept.scale, concept.reverse) == ("sunglasses", 3.0, True)
+    with pytest.raises(ConfigError, match="index 2 does not exist"):
+        load_config(path, ["guidance.sega.concepts.2.scale=3"])
+    with pytest.raises(ConfigError, match="did you mean 'guidance.sega.concepts.0.threshold'"):
+        load_config(path, ["guidance.sega.concepts.0.tresh=0.5"])

@@ -188,7 +188,15 @@ def load_components(
     # Cast while loading (not with .to() afterwards) so diffusers keeps any fp32-only modules in fp32.
     unet = _load("unet", folder, UNet2DConditionModel.from_pretrained, folder / "unet", torch_dtype=dtype, low_cpu_mem_usage=False)
     vae = _load("vae", folder, AutoencoderKL.from_pretrained, folder / "vae", torch_dtype=dtype, low_cpu_mem_usage=False)
-    text_encoder = _load("text_encoder", folder, CLIPTextModel.from_pretrained, folder / "text_encoder", dtype=dtype)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per load would bury our own output
+    try:
+        text_encoder = _load("text_encoder", folder, CLIPTextModel.from_pretrained, folder / "text_encoder", dtype=dtype)
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     tokenizer = _load("tokenizer", folder, CLIPTokenizer.from_pretrained, folder / "tokenizer")
     sched_entry = index.get("scheduler") or [None, "DDIMScheduler"]
     sched_cls = getattr(diffusers, str(sched_entry[-1]), None) or diffusers.DDIMScheduler
