@@ -1,0 +1,141 @@
+"""The radiance field: hash-grid encoding → density MLP (+ blob bias) and albedo MLP; normals.
+
+Density (threestudio's ``blob_magic3d`` bias with a softplus activation, as in its DreamFusion
+config)::
+
+    σ(x) = softplus(mlp_σ(h(x)) + blob_density · (1 − |x| / blob_radius))
+
+so an untrained field is a soft ball: σ ≈ blob_density at the centre, softplus(0) ≈ 0.69 on the
+sphere of radius ``blob_radius`` and ≈ 0 further out (the bias is negative there, which also keeps
+the corners of the box empty). ``blob_density = 0`` turns the bias off. Albedo is
+``sigmoid(mlp_c(h(x)))`` in [0, 1]^3. Normals point out of the object: ``n = −∇σ / |∇σ|``, by
+central finite differences with step ``fd_eps`` (default) or by autograd (``normals: analytic``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dreamperp.config import SceneConfig
+from dreamperp.scene.encoding import HashGridEncoding
+
+# No-grad evaluation (export, chunked renders) runs in slices of this many points to bound memory.
+_NO_GRAD_SLICE = 1 << 18
+
+
+def mlp(in_dim: int, hidden_dim: int, num_layers: int, out_dim: int) -> nn.Sequential:
+    """``num_layers`` hidden ReLU layers of width ``hidden_dim`` and a linear output."""
+    layers: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(num_layers):
+        layers += [nn.Linear(dim, hidden_dim), nn.ReLU(inplace=True)]
+        dim = hidden_dim
+    layers.append(nn.Linear(dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+def blob_bias(x: Tensor, blob_density: float, blob_radius: float) -> Tensor:
+    """Pre-activation density bias ``blob_density · (1 − |x| / blob_radius)`` for ``x [N, 3]`` → [N]."""
+    if blob_density == 0:
+        return x.new_zeros(x.shape[0])
+    return blob_density * (1.0 - x.norm(dim=-1) / blob_radius)
+
+
+class Field(nn.Module):
+    """Density + albedo field on the box ``[-bound, bound]^3`` (points outside are clamped to it)."""
+
+    def __init__(self, cfg: SceneConfig, device: Optional[torch.device | str] = None):
+        super().__init__()
+        self.bound = float(cfg.bound)
+        self.blob_density = float(cfg.blob_density)
+        self.blob_radius = float(cfg.blob_radius)
+        self.normals_mode = cfg.normals
+        self.fd_eps = float(cfg.fd_eps)
+        self.encoding = HashGridEncoding(
+            levels=cfg.levels,
+            features_per_level=cfg.features_per_level,
+            log2_table_size=cfg.log2_table_size,
+            base_resolution=cfg.base_resolution,
+            max_resolution=cfg.max_resolution,
+            backend=cfg.encoding,
+            device=device,
+        )
+        dim = self.encoding.output_dim
+        self.density_net = mlp(dim, cfg.hidden_dim, cfg.num_layers, 1)
+        self.albedo_net = mlp(dim, cfg.hidden_dim, cfg.num_layers, 3)
+        if device is not None:
+            self.to(device)
+
+    # ----------------------------------------------------------------------------- building blocks
+    def encode(self, x: Tensor) -> Tensor:
+        """World points ``[N, 3]`` → hash-grid features ``[N, D]``."""
+        return self.encoding((x / self.bound + 1.0) * 0.5)
+
+    def density_from_features(self, x: Tensor, h: Tensor) -> Tensor:
+        """Density ``[N]`` from points ``x [N, 3]`` and their features ``h = encode(x)``."""
+        raw = self.density_net(h).squeeze(-1).float()
+        return F.softplus(raw + blob_bias(x, self.blob_density, self.blob_radius))
+
+    def albedo_from_features(self, h: Tensor) -> Tensor:
+        """Albedo ``[N, 3]`` in [0, 1] from features ``h [N, D]``."""
+        return torch.sigmoid(self.albedo_net(h).float())
+
+    def _sliced(self, fn, x: Tensor) -> Tensor:
+        if torch.is_grad_enabled() or x.shape[0] <= _NO_GRAD_SLICE:
+            return fn(x)
+        return torch.cat([fn(part) for part in x.split(_NO_GRAD_SLICE)], 0)
+
+    # ---------------------------------------------------------------------------------- public API
+    def density(self, x: Tensor) -> Tensor:
+        """Density σ ≥ 0 at world points ``x [N, 3]`` → ``[N]``."""
+        return self._sliced(lambda p: self.density_from_features(p, self.encode(p)), x)
+
+    def albedo(self, x: Tensor) -> Tensor:
+        """Albedo in [0, 1] at ``x [N, 3]`` → ``[N, 3]``."""
+        return self._sliced(lambda p: self.albedo_from_features(self.encode(p)), x)
+
+    def density_and_albedo(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Both from one encoding pass: ``[N]``, ``[N, 3]``."""
+
+        def both(p: Tensor) -> Tensor:
+            h = self.encode(p)
+            return torch.cat([self.density_from_features(p, h)[:, None], self.albedo_from_features(h)], -1)
+
+        out = self._sliced(both, x)
+        return out[:, 0], out[:, 1:]
+
+    def normal(self, x: Tensor) -> Tensor:
+        """Unit outward normals ``−∇σ/|∇σ|`` at ``x [N, 3]`` → ``[N, 3]`` (differentiable when grad is on)."""
+        if self.normals_mode == "analytic":
+            return self._sliced(self._analytic_normal, x)
+        return self._sliced(self._fd_normal, x)
+
+    def _fd_normal(self, x: Tensor) -> Tensor:
+        eps = self.fd_eps
+        offsets = torch.eye(3, device=x.device, dtype=x.dtype) * eps  # [3, 3]
+        probes = torch.cat([x[None] + offsets[:, None], x[None] - offsets[:, None]], 0)  # [6, N, 3]
+        sigma = self.density(probes.reshape(-1, 3)).view(2, 3, -1)
+        grad = (sigma[0] - sigma[1]).t() / (2 * eps)  # [N, 3]
+        return F.normalize(-grad, dim=-1, eps=1e-12)
+
+    def _analytic_normal(self, x: Tensor) -> Tensor:
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            sigma = self.density(x)
+            (grad,) = torch.autograd.grad(sigma.sum(), x, create_graph=create_graph)
+        return F.normalize(-grad, dim=-1, eps=1e-12)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``x [N, 3]`` → density ``[N]``, albedo ``[N, 3]``."""
+        return self.density_and_albedo(x)
+
+    def grid_parameters(self) -> list[nn.Parameter]:
+        return list(self.encoding.parameters())
+
+    def mlp_parameters(self) -> list[nn.Parameter]:
+        return list(self.density_net.parameters()) + list(self.albedo_net.parameters())
