@@ -7,6 +7,7 @@ Each subcommand hands its parsed arguments to the module that owns the work; hea
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Callable, List, Optional
 
@@ -113,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    # Training runs thousands of small ops per step; spinning OpenMP workers between them cost
+    # 10x or more on a busy 2-core machine. Must be set before torch starts its thread pool.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
