@@ -101,15 +101,19 @@ def pose_from_spherical(elevation_deg: Tensor, azimuth_deg: Tensor, radius: Tens
     The right vector ``(−sin a, cos a, 0)`` comes from the azimuth, so the pose stays defined
     straight overhead (e = ±90°) where a look-at with world up would be degenerate.
     """
-    e, a = torch.deg2rad(elevation_deg), torch.deg2rad(azimuth_deg)
-    back = torch.stack([torch.cos(e) * torch.cos(a), torch.cos(e) * torch.sin(a), torch.sin(e)], -1)  # camera +z
+    back = spherical_to_cartesian(elevation_deg, azimuth_deg, torch.ones_like(radius))  # camera +z
+    a = torch.deg2rad(azimuth_deg)
     right = torch.stack([-torch.sin(a), torch.cos(a), torch.zeros_like(a)], -1)
-    up = torch.cross(back, right, dim=-1)
+    return _c2w_from_axes(right, torch.cross(back, right, dim=-1), back, back * radius[..., None])
+
+
+def _c2w_from_axes(right: Tensor, up: Tensor, back: Tensor, position: Tensor) -> Tensor:
+    """Camera-to-world ``[..., 4, 4]`` with columns right, up, back (camera x, y, z) and ``position``, all ``[..., 3]``."""
     c2w = torch.zeros(*back.shape[:-1], 4, 4, dtype=back.dtype, device=back.device)
     c2w[..., :3, 0] = right
     c2w[..., :3, 1] = up
     c2w[..., :3, 2] = back
-    c2w[..., :3, 3] = back * radius[..., None]
+    c2w[..., :3, 3] = position
     c2w[..., 3, 3] = 1.0
     return c2w
 
@@ -124,14 +128,7 @@ def look_at(eye: Tensor, target: Optional[Tensor] = None, up: Sequence[float] = 
     fallback = torch.cross(torch.tensor([0.0, 1.0, 0.0], dtype=eye.dtype, device=eye.device).expand_as(eye), back, dim=-1)
     right = torch.where(right.norm(dim=-1, keepdim=True) < 1e-6, fallback, right)
     right = torch.nn.functional.normalize(right, dim=-1)
-    cam_up = torch.cross(back, right, dim=-1)
-    c2w = torch.zeros(*eye.shape[:-1], 4, 4, dtype=eye.dtype, device=eye.device)
-    c2w[..., :3, 0] = right
-    c2w[..., :3, 1] = cam_up
-    c2w[..., :3, 2] = back
-    c2w[..., :3, 3] = eye
-    c2w[..., 3, 3] = 1.0
-    return c2w
+    return _c2w_from_axes(right, torch.cross(back, right, dim=-1), back, eye)
 
 
 def make_cameras(
@@ -234,24 +231,27 @@ def cameras_from_c2w(
 # -------------------------------------------------------------------------------------------- rays
 def pixel_directions(cams: CameraBatch, view: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
     """Unit world directions ``[..., 3]`` through pixel centres (rows, cols) of views ``view`` (same shapes)."""
-    focal = cams.focal[view]
-    x = (cols.float() + 0.5 - cams.width * 0.5) / focal
-    y = -(rows.float() + 0.5 - cams.height * 0.5) / focal  # image rows go down, camera y goes up
-    d_cam = torch.stack([x, y, -torch.ones_like(x)], -1)
+    d_cam = _camera_directions(cams, cams.focal[view], rows.float(), cols.float())
     d = (cams.c2w[view, :3, :3] @ d_cam.unsqueeze(-1)).squeeze(-1)
     return torch.nn.functional.normalize(d, dim=-1)
+
+
+def _camera_directions(cams: CameraBatch, focal: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """Camera-space directions ``[..., 3]`` (z = −1) through the centres of pixels (rows, cols);
+    ``focal``, ``rows`` and ``cols`` broadcast together."""
+    x = (cols + 0.5 - cams.width * 0.5) / focal
+    y = -(rows + 0.5 - cams.height * 0.5) / focal  # image rows go down, camera y goes up
+    x, y = torch.broadcast_tensors(x, y)
+    return torch.stack([x, y, -torch.ones_like(x)], -1)
 
 
 def camera_rays(cams: CameraBatch) -> Tuple[Tensor, Tensor]:
     """Rays through every pixel centre: origins and unit directions, both ``[B, H, W, 3]``."""
     b, h, w = len(cams), cams.height, cams.width
     dev = cams.device
-    focal = cams.focal.view(b, 1, 1)
-    cols = torch.arange(w, device=dev, dtype=torch.float32) + 0.5 - w * 0.5
-    rows = torch.arange(h, device=dev, dtype=torch.float32) + 0.5 - h * 0.5
-    x = (cols.view(1, 1, w) / focal).expand(b, h, w)
-    y = (-rows.view(1, h, 1) / focal).expand(b, h, w)
-    d_cam = torch.stack([x, y, -torch.ones_like(x)], -1)  # [B, H, W, 3]
+    rows = torch.arange(h, device=dev, dtype=torch.float32).view(1, h, 1)
+    cols = torch.arange(w, device=dev, dtype=torch.float32).view(1, 1, w)
+    d_cam = _camera_directions(cams, cams.focal.view(b, 1, 1), rows, cols)  # [B, H, W, 3]
     d = torch.einsum("bij,bhwj->bhwi", cams.c2w[:, :3, :3].float(), d_cam)
     rays_d = torch.nn.functional.normalize(d, dim=-1)
     rays_o = cams.c2w[:, None, None, :3, 3].float().expand(b, h, w, 3)

@@ -2,7 +2,7 @@
 
 Format: ``camera_angle_x`` (horizontal fov, radians; or ``fl_x`` with ``w``) and ``frames``, each with
 ``file_path`` (relative to the json, with or without extension; ``.png`` is tried when missing) and a
-4×4 ``transform_matrix`` (camera-to-world, OpenGL/Blender camera: x right, y up, looking down −z;
+4×4 (or 3×4) ``transform_matrix`` (camera-to-world, OpenGL/Blender camera: x right, y up, looking down −z;
 z-up world as in DESIGN.md section 2). Images are RGB(A); missing alpha counts as opaque.
 ``aabb_scale`` and other keys are ignored.
 """
@@ -43,13 +43,16 @@ class RayBatch:
 @dataclass
 class MultiviewDataset:
     """Posed RGBA images: ``images [N, H, W, 4]`` float in [0, 1] (None when loaded without images),
-    ``c2w [N, 4, 4]``, horizontal ``fovx_deg``, and the resolved image ``file_paths``."""
+    ``c2w [N, 4, 4]``, horizontal ``fovx_deg``, and the resolved image ``file_paths``.
+
+    ``height``/``width`` are None only when loaded without images and the size is unknown (see
+    :func:`load_transforms`); ``names`` are the basenames of the frames' ``file_path``."""
 
     path: Path
     c2w: Tensor
     fovx_deg: float
-    height: int
-    width: int
+    height: Optional[int]
+    width: Optional[int]
     file_paths: List[Path]
     images: Optional[Tensor] = None
     names: List[str] = field(default_factory=list)
@@ -59,13 +62,19 @@ class MultiviewDataset:
 
     @property
     def fovy_deg(self) -> float:
-        return float(fov_x_to_y(self.fovx_deg, self.height, self.width))
+        return float(fov_x_to_y(self.fovx_deg, *self._require_size()))
 
     def cameras(self, device: torch.device | str | None = None, height: Optional[int] = None, width: Optional[int] = None) -> CameraBatch:
-        """All poses as a :class:`CameraBatch`, at the images' size or ``height`` × ``width`` (same fov)."""
-        cams = cameras_from_c2w(self.c2w, self.height, self.width, fovx_deg=self.fovx_deg)
-        if height is not None or width is not None:
-            cams = cams.resized(height or self.height, width or self.width)
+        """All poses as a :class:`CameraBatch`, at the images' size or ``height`` × ``width`` (same
+        vertical fov; with the size unknown, both are needed and the horizontal fov is kept)."""
+        if self.height is None or self.width is None:
+            if height is None or width is None:
+                self._require_size()
+            cams = cameras_from_c2w(self.c2w, height, width, fovx_deg=self.fovx_deg)
+        else:
+            cams = cameras_from_c2w(self.c2w, self.height, self.width, fovx_deg=self.fovx_deg)
+            if height is not None or width is not None:
+                cams = cams.resized(height or self.height, width or self.width)
         return cams.to(device or "cpu")
 
     def composited(self, background: str | Tensor = "white") -> Tensor:
@@ -103,6 +112,11 @@ class MultiviewDataset:
         dev = device or "cpu"
         return RayBatch(rays_o.to(dev), rays_d.to(dev), rgb.to(dev), rgba[:, 3:].to(dev), bg.to(dev))
 
+    def _require_size(self) -> Tuple[int, int]:
+        if self.height is None or self.width is None:
+            raise ValueError(f"the image size of '{self.path}' is unknown (no image and no 'w'/'h'); give height and width")
+        return self.height, self.width
+
     def _require_images(self) -> Tensor:
         if self.images is None:
             raise ValueError("this dataset was loaded without images (load_images=False)")
@@ -121,23 +135,28 @@ def background_color(background: str | Tensor, shape: Tuple[int, ...], device: t
 
 
 # --------------------------------------------------------------------------------------- loading
-def _resolve_json(path: str | Path) -> Path:
+# Suffixes a frame's file_path may end with; any other path gets '.png' appended (NeRF-synthetic
+# writes 'train/r_0' for train/r_0.png).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".exr", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def _resolve_json(path: str | Path, source: str) -> Path:
     p = Path(path)
     if p.is_dir():
         candidate = p / "transforms.json"
         if not candidate.is_file():
-            raise UsageError(f"no transforms.json in folder '{p}' (data.path must be a transforms.json or the folder holding it)")
+            raise UsageError(f"no transforms.json in folder '{p}' ({source} must be a transforms.json or the folder holding it)")
         return candidate
     if not p.is_file():
-        raise UsageError(f"'{p}' does not exist (data.path must be a NeRF-synthetic transforms.json or the folder holding it)")
+        raise UsageError(f"'{p}' does not exist ({source} must be a NeRF-synthetic transforms.json or the folder holding it)")
     return p
 
 
 def _image_path(json_path: Path, file_path: str) -> Path:
     base = json_path.parent / file_path
-    if base.is_file() or base.suffix.lower() in (".png", ".jpg", ".jpeg", ".exr", ".webp"):
+    if base.is_file() or base.suffix.lower() in IMAGE_SUFFIXES:
         return base
-    return base.with_name(base.name + ".png")  # NeRF-synthetic writes 'train/r_0' for train/r_0.png
+    return base.with_name(base.name + ".png")
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -166,15 +185,66 @@ def read_image(path: Path) -> np.ndarray:
     return data
 
 
-def load_transforms(path: str | Path, *, load_images: bool = True) -> MultiviewDataset:
+def image_size(path: Path) -> Tuple[int, int]:
+    """``(height, width)`` of an image, from its header where Pillow can read it (no decoding)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return im.size[1], im.size[0]
+    except Exception:  # formats Pillow does not know (EXR): decode; a UsageError when unreadable
+        return read_image(path).shape[:2]
+
+
+def _json_size(json_path: Path, meta: dict) -> Optional[Tuple[int, int]]:
+    """The json's ``(h, w)`` when both keys are there."""
+    if "w" not in meta or "h" not in meta:
+        return None
+    try:
+        height, width = int(meta["h"]), int(meta["w"])
+    except (TypeError, ValueError):
+        height = width = 0
+    if height < 1 or width < 1:
+        raise UsageError(f"'{json_path}': 'w' and 'h' must be positive image sizes in pixels, got w={meta['w']!r}, h={meta['h']!r}")
+    return height, width
+
+
+def _fovx_deg(json_path: Path, meta: dict, width: Optional[int]) -> float:
+    """Horizontal fov in degrees from ``camera_angle_x``, else ``fl_x`` with ``w`` (or the image width)."""
+    if "camera_angle_x" in meta:
+        try:
+            fovx = math.degrees(float(meta["camera_angle_x"]))
+        except (TypeError, ValueError):
+            raise UsageError(f"'{json_path}': camera_angle_x must be a number (radians), got {meta['camera_angle_x']!r}") from None
+    elif "fl_x" in meta:
+        w_meta = meta.get("w", width)
+        if w_meta is None:
+            raise UsageError(f"'{json_path}': 'fl_x' without 'camera_angle_x' needs 'w' (the image width in pixels that fl_x refers to)")
+        try:
+            focal, w_px = float(meta["fl_x"]), float(w_meta)
+        except (TypeError, ValueError):
+            focal = w_px = 0.0
+        if not (focal > 0 and w_px > 0):
+            raise UsageError(f"'{json_path}': 'fl_x' and 'w' must be positive numbers (pixels), got fl_x={meta['fl_x']!r}, w={w_meta!r}")
+        fovx = math.degrees(2 * math.atan(w_px / (2 * focal)))
+    else:
+        raise UsageError(f"'{json_path}' has no 'camera_angle_x' (horizontal field of view in radians)")
+    if not (0 < fovx < 180):
+        raise UsageError(f"'{json_path}': camera_angle_x must be in (0, pi) radians, got {math.radians(fovx)}")
+    return fovx
+
+
+def load_transforms(path: str | Path, *, load_images: bool = True, source: str = "data.path") -> MultiviewDataset:
     """Read a NeRF-synthetic ``transforms.json`` (or the folder holding one).
 
     Raises :class:`UsageError` naming the file for: a missing file, invalid JSON, missing keys,
     a frame whose image is missing, unreadable or of a different size than the first, and a pose
-    that is not a finite, invertible 4×4 matrix. With ``load_images=False`` only poses are read;
-    the size comes from the json's ``w``/``h`` or else from the first image's header.
+    that is not a finite, invertible 4×4 matrix (3×4 is completed with ``0 0 0 1``). ``source``
+    names the setting the path came from in those messages. With ``load_images=False`` only poses
+    are read and no image has to exist: the size is the first frame's image's (from its header),
+    else the json's ``w``/``h``, else unknown (``height``/``width`` None).
     """
-    json_path = _resolve_json(path)
+    json_path = _resolve_json(path, source)
     try:
         meta = json.loads(json_path.read_text())
     except json.JSONDecodeError as err:
@@ -189,26 +259,27 @@ def load_transforms(path: str | Path, *, load_images: bool = True) -> MultiviewD
 
     poses, paths, names = [], [], []
     for i, frame in enumerate(frames):
-        if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
-            raise UsageError(f"'{json_path}': frame {i} needs 'file_path' and 'transform_matrix'")
+        if not isinstance(frame, dict) or not isinstance(frame.get("file_path"), str) or "transform_matrix" not in frame:
+            raise UsageError(f"'{json_path}': frame {i} needs 'file_path' (a string) and 'transform_matrix'")
+        where = f"'{json_path}': frame {i} ('{frame['file_path']}')"
         try:
             pose = np.asarray(frame["transform_matrix"], dtype=np.float64)
         except (TypeError, ValueError):
-            raise UsageError(f"'{json_path}': frame {i} ('{frame['file_path']}') has a transform_matrix that is not a 4x4 array of numbers") from None
+            raise UsageError(f"{where} has a transform_matrix that is not a 4x4 array of numbers") from None
         if pose.shape == (3, 4):
             pose = np.concatenate([pose, [[0.0, 0.0, 0.0, 1.0]]], 0)
         if pose.shape != (4, 4):
-            raise UsageError(f"'{json_path}': frame {i} ('{frame['file_path']}') has a transform_matrix of shape {pose.shape}, expected 4x4")
+            raise UsageError(f"{where} has a transform_matrix of shape {pose.shape}, expected 4x4")
         if not np.all(np.isfinite(pose)):
-            raise UsageError(f"'{json_path}': frame {i} ('{frame['file_path']}') has a non-finite transform_matrix")
+            raise UsageError(f"{where} has a non-finite transform_matrix")
         if abs(np.linalg.det(pose[:3, :3])) < 1e-6 or abs(np.linalg.det(pose)) < 1e-9:
-            raise UsageError(f"'{json_path}': frame {i} ('{frame['file_path']}') has a non-invertible transform_matrix")
+            raise UsageError(f"{where} has a non-invertible transform_matrix (determinant {np.linalg.det(pose):.3g}); a camera pose that is not invertible cannot be used")
         poses.append(pose)
-        paths.append(_image_path(json_path, str(frame["file_path"])))
-        names.append(Path(str(frame["file_path"])).name)
+        paths.append(_image_path(json_path, frame["file_path"]))
+        names.append(Path(frame["file_path"]).name)
 
     images = None
-    height = width = None
+    size: Optional[Tuple[int, int]] = None
     if load_images:
         arrays = []
         for i, img_path in enumerate(paths):
@@ -222,33 +293,19 @@ def load_transforms(path: str | Path, *, load_images: bool = True) -> MultiviewD
                 )
             arrays.append(img)
         images = torch.from_numpy(np.stack(arrays, 0))
-        height, width = images.shape[1], images.shape[2]
-    elif "w" in meta and "h" in meta:
-        width, height = int(meta["w"]), int(meta["h"])
+        size = images.shape[1], images.shape[2]
+    elif paths[0].is_file():
+        size = image_size(paths[0])
     else:
-        if not paths[0].is_file():
-            raise UsageError(f"'{json_path}': frame 0 image '{paths[0]}' does not exist, and no 'w'/'h' give the image size")
-        height, width = read_image(paths[0]).shape[:2]
-
-    if "camera_angle_x" in meta:
-        try:
-            fovx = math.degrees(float(meta["camera_angle_x"]))
-        except (TypeError, ValueError):
-            raise UsageError(f"'{json_path}': camera_angle_x must be a number (radians), got {meta['camera_angle_x']!r}") from None
-    elif "fl_x" in meta:
-        w_meta = float(meta.get("w", width))
-        fovx = math.degrees(2 * math.atan(w_meta / (2 * float(meta["fl_x"]))))
-    else:
-        raise UsageError(f"'{json_path}' has no 'camera_angle_x' (horizontal field of view in radians)")
-    if not (0 < fovx < 180):
-        raise UsageError(f"'{json_path}': camera_angle_x must be in (0, pi) radians, got {math.radians(fovx)}")
+        size = _json_size(json_path, meta)
+    height, width = (None, None) if size is None else (int(size[0]), int(size[1]))
 
     return MultiviewDataset(
         path=json_path,
         c2w=torch.from_numpy(np.stack(poses, 0)).float(),
-        fovx_deg=fovx,
-        height=int(height),
-        width=int(width),
+        fovx_deg=_fovx_deg(json_path, meta, width),
+        height=height,
+        width=width,
         file_paths=paths,
         images=images,
         names=names,

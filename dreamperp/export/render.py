@@ -16,41 +16,47 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
-import numpy as np
 import torch
 
 from dreamperp.errors import UsageError
 from dreamperp.export.common import eval_background, load_run_for_eval, positive_int, scene_device, write_bytes_atomic
+from dreamperp.multiview import IMAGE_SUFFIXES, MultiviewDataset, load_transforms
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".exr", ".webp", ".bmp", ".tif", ".tiff")
 DEFAULT_TURNTABLE_SIZE = 512
 
 
 @dataclass
 class CameraFile:
-    """Poses read from a transforms.json: ``c2w [N, 4, 4]``, horizontal fov, output names, image size."""
+    """The poses of a transforms.json (read by :func:`dreamperp.multiview.load_transforms` without
+    images) and the output image name of each frame."""
 
-    path: Path
-    c2w: torch.Tensor
-    fovx_deg: float
+    poses: MultiviewDataset
     names: List[str]
-    height: Optional[int]
-    width: Optional[int]
 
+    @property
+    def path(self) -> Path:
+        return self.poses.path
 
-def resolve_image(base: Path, file_path: str) -> Optional[Path]:
-    """The image of a frame: ``base/file_path``, or with ``.png`` appended (NeRF-synthetic omits it)."""
-    p = base / file_path
-    for cand in (p, p.with_name(p.name + ".png")):
-        if cand.is_file():
-            return cand
-    return None
+    @property
+    def c2w(self) -> torch.Tensor:
+        """``[N, 4, 4]`` camera-to-world (OpenGL camera)."""
+        return self.poses.c2w
+
+    @property
+    def fovx_deg(self) -> float:
+        return self.poses.fovx_deg
+
+    @property
+    def height(self) -> Optional[int]:
+        return self.poses.height
+
+    @property
+    def width(self) -> Optional[int]:
+        return self.poses.width
 
 
 def output_name(file_path: str) -> str:
@@ -63,67 +69,15 @@ def output_name(file_path: str) -> str:
 def read_camera_file(path: str | Path) -> CameraFile:
     """Parse a NeRF-synthetic transforms.json (or a folder holding one) without loading images.
 
-    Raises UsageError naming the file for anything malformed: bad JSON, no frames, a missing
-    ``camera_angle_x``, a matrix that is not a finite invertible 4x4, duplicate output names.
+    Raises UsageError naming the file for anything malformed (see ``load_transforms``) and for
+    frames that would write the same output image.
     """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "transforms.json"
-    if not path.is_file():
-        raise UsageError(f"camera file '{path}' does not exist (give a NeRF-synthetic transforms.json)")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UsageError(f"camera file '{path}' is not valid JSON: {str(err).splitlines()[0]}") from None
-    if not isinstance(meta, dict):
-        raise UsageError(f"camera file '{path}' must hold a JSON object with 'camera_angle_x' and 'frames'")
-    try:
-        if "camera_angle_x" not in meta and "fl_x" in meta and "w" in meta:  # instant-ngp style intrinsics
-            fovx = 2 * math.atan(float(meta["w"]) / (2 * float(meta["fl_x"])))
-        else:
-            fovx = float(meta["camera_angle_x"])
-    except (KeyError, TypeError, ValueError, ZeroDivisionError):
-        raise UsageError(f"camera file '{path}' needs a numeric 'camera_angle_x' (horizontal field of view in radians)") from None
-    if not 0 < fovx < math.pi:
-        raise UsageError(f"camera file '{path}': camera_angle_x must be in (0, pi) radians, got {fovx}")
-    frames = meta.get("frames")
-    if not isinstance(frames, list) or not frames:
-        raise UsageError(f"camera file '{path}' has no 'frames' list (or it is empty)")
-    mats, names, paths = [], [], []
-    for i, frame in enumerate(frames):
-        where = f"camera file '{path}', frame {i}"
-        if not isinstance(frame, dict) or not isinstance(frame.get("file_path"), str):
-            raise UsageError(f"{where}: needs a 'file_path' string")
-        try:
-            m = np.asarray(frame["transform_matrix"], dtype=np.float64)
-        except (KeyError, TypeError, ValueError):
-            raise UsageError(f"{where} ({frame['file_path']}): needs a 4x4 numeric 'transform_matrix'") from None
-        if m.shape == (3, 4):
-            m = np.concatenate([m, [[0.0, 0.0, 0.0, 1.0]]], 0)
-        if m.shape != (4, 4) or not np.isfinite(m).all():
-            raise UsageError(f"{where} ({frame['file_path']}): 'transform_matrix' must be a finite 4x4 matrix, got shape {m.shape}")
-        if abs(np.linalg.det(m[:3, :3])) < 1e-8:
-            raise UsageError(f"{where} ({frame['file_path']}): 'transform_matrix' is not invertible")
-        mats.append(m)
-        paths.append(frame["file_path"])
-        names.append(output_name(frame["file_path"]))
+    poses = load_transforms(path, load_images=False, source="--cameras")
+    names = [output_name(name) for name in poses.names]
     dup = {n for n in names if names.count(n) > 1}
     if dup:
-        raise UsageError(f"camera file '{path}': several frames would write the same image {sorted(dup)[0]!r}; give them distinct file names")
-    height = width = None
-    image = resolve_image(path.parent, paths[0])
-    if image is not None:
-        from PIL import Image, UnidentifiedImageError
-
-        try:
-            with Image.open(image) as im:
-                width, height = im.size
-        except (OSError, UnidentifiedImageError):
-            raise UsageError(f"camera file '{path}': image '{image}' cannot be read") from None
-    elif isinstance(meta.get("w"), (int, float)) and isinstance(meta.get("h"), (int, float)):
-        width, height = int(meta["w"]), int(meta["h"])
-    c2w = torch.from_numpy(np.stack(mats)).float()
-    return CameraFile(path, c2w, math.degrees(fovx), names, height, width)
+        raise UsageError(f"camera file '{poses.path}': several frames would write the same image {sorted(dup)[0]!r}; give them distinct file names")
+    return CameraFile(poses, names)
 
 
 def output_size(cams: CameraFile, size: Optional[int]) -> tuple[int, int]:
