@@ -6,12 +6,13 @@ cached while offline) is a one-line :class:`UsageError`, never a traceback from 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 from dreamperp.errors import UsageError
 
@@ -41,6 +42,21 @@ class SDComponents:
     path: Path  # the local folder the weights were read from
     device: Any  # torch.device
     dtype: Any  # torch.dtype
+
+
+@contextlib.contextmanager
+def no_transformers_progress_bars() -> Iterator[None]:
+    """Hide transformers' per-file progress bars ("Loading weights", "Writing model shards"):
+    for our small, fast loads they only bury the run's own output."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _hub_offline() -> bool:
@@ -188,15 +204,8 @@ def load_components(
     # Cast while loading (not with .to() afterwards) so diffusers keeps any fp32-only modules in fp32.
     unet = _load("unet", folder, UNet2DConditionModel.from_pretrained, folder / "unet", torch_dtype=dtype, low_cpu_mem_usage=False)
     vae = _load("vae", folder, AutoencoderKL.from_pretrained, folder / "vae", torch_dtype=dtype, low_cpu_mem_usage=False)
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()  # a "Loading weights" bar per load would bury our own output
-    try:
+    with no_transformers_progress_bars():
         text_encoder = _load("text_encoder", folder, CLIPTextModel.from_pretrained, folder / "text_encoder", dtype=dtype)
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
     tokenizer = _load("tokenizer", folder, CLIPTokenizer.from_pretrained, folder / "tokenizer")
     sched_entry = index.get("scheduler") or [None, "DDIMScheduler"]
     sched_cls = getattr(diffusers, str(sched_entry[-1]), None) or diffusers.DDIMScheduler

@@ -241,7 +241,10 @@ def build_tiny_pipeline(path: str | os.PathLike, seed: int = 0) -> Path:
 
     unet.save_pretrained(out / "unet", safe_serialization=True)
     vae.save_pretrained(out / "vae", safe_serialization=True)
-    text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
+    from dreamperp.models.loading import no_transformers_progress_bars
+
+    with no_transformers_progress_bars():
+        text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
     DDIMScheduler(**SCHEDULER_CONFIG).save_pretrained(out / "scheduler")
 
     import diffusers
