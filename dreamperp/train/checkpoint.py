@@ -19,7 +19,6 @@ import os
 import random
 import re
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -29,7 +28,7 @@ import torch
 
 from dreamperp.config import Config
 from dreamperp.errors import UsageError
-from dreamperp.train.run import RunDir, default_file_mode, fsync_dir
+from dreamperp.train.run import RunDir, atomic_write
 
 FORMAT = "dreamperp-checkpoint"
 VERSION = 1
@@ -120,18 +119,7 @@ def save_checkpoint(ckpt_dir: Path, state: Dict[str, Any], keep: int) -> Path:
     state = {"format": FORMAT, "version": VERSION, **state}
     state["checksum"] = state_checksum(state)
     path = ckpt_dir / checkpoint_name(int(state["step"]))
-    fd, tmp = tempfile.mkstemp(prefix=f"{_TMP_PREFIX}{path.name[5:]}.tmp-", dir=ckpt_dir)
-    try:
-        os.chmod(tmp, default_file_mode())
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(ckpt_dir)
+    atomic_write(path, lambda f: torch.save(state, f))  # temp name ".step-….tmp-…" is ignored by list_checkpoints
     for old in list_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path

@@ -22,7 +22,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, BinaryIO, Callable, Dict, Iterator, Optional
 
 from dreamperp.config import Config, to_yaml
 from dreamperp.errors import UsageError
@@ -46,14 +46,15 @@ def default_file_mode() -> int:
     return 0o666 & ~mask
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temp file in the same folder + fsync + rename + folder fsync."""
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> Path:
+    """Call ``write(file)`` on a temp file in ``path``'s folder, then fsync + rename + folder fsync,
+    so ``path`` is either its old content or the complete new one, even after a crash."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
         os.chmod(tmp, default_file_mode())  # mkstemp makes 0600 files; use what open() would
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -62,6 +63,11 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
         raise
     fsync_dir(path.parent)
     return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """:func:`atomic_write` of ``data``."""
+    return atomic_write(path, lambda f: f.write(data))
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
