@@ -273,7 +273,14 @@ class HashGridEncoding(nn.Module):
         return self.levels * self.features_per_level
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.grid(x).float()
+        if self.backend == "tcnn":
+            if x.shape[0] == 0:
+                # tinycudann returns before zeroing its (torch.empty) parameter gradient for an
+                # empty batch, so a backward through it would hand Adam uninitialised memory.
+                return x.new_zeros(0, self.output_dim, dtype=torch.float32)
+            # tinycudann does not clamp: out-of-range points wrap (modulo) onto unrelated cells.
+            x = x.clamp(0.0, 1.0)
+        return self.grid(x).float()  # tinycudann's output is half precision by default
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:

@@ -25,6 +25,7 @@ where k = ``render.ambient_ratio``.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Dict, List, Optional
 
@@ -39,6 +40,8 @@ from dreamperp.scene.field import Field
 
 SHADING_MODES = ("albedo", "lambertian", "textureless")
 
+logger = logging.getLogger(__name__)
+
 
 def resolve_device(name: str | torch.device | None) -> torch.device:
     """``"auto"`` → CUDA when available else CPU; ``"cuda"`` without a GPU → UsageError."""
@@ -51,12 +54,33 @@ def resolve_device(name: str | torch.device | None) -> torch.device:
     return torch.device(name)
 
 
+def nerfacc_cuda_available() -> bool:
+    """Whether nerfacc's CUDA kernels load: a prebuilt extension, or a JIT build, which needs nvcc
+    (minutes the first time). Without either nerfacc only prints a warning and fails at first use."""
+    try:
+        from nerfacc.cuda._backend import _C
+    except Exception:  # a failed JIT build raises here
+        return False
+    return _C is not None
+
+
 def resolve_estimator(estimator: str, device: torch.device) -> str:
     """``render.estimator`` → ``"dense"`` or ``"occgrid"`` for this device."""
     if estimator == "auto":
-        return "occgrid" if device.type == "cuda" else "dense"
-    if estimator == "occgrid" and device.type != "cuda":
-        raise UsageError("render.estimator=occgrid needs CUDA (nerfacc's marching kernels); use render.estimator=dense or auto on CPU")
+        if device.type != "cuda":
+            return "dense"
+        if nerfacc_cuda_available():
+            return "occgrid"
+        logger.warning("nerfacc's CUDA extension is unavailable (no prebuilt build and no nvcc): using the dense sampler")
+        return "dense"
+    if estimator == "occgrid":
+        if device.type != "cuda":
+            raise UsageError("render.estimator=occgrid needs CUDA (nerfacc's marching kernels); use render.estimator=dense or auto on CPU")
+        if not nerfacc_cuda_available():
+            raise UsageError(
+                "render.estimator=occgrid but nerfacc's CUDA extension cannot be loaded or built (it needs nvcc); "
+                "install a CUDA toolkit or use render.estimator=auto"
+            )
     return estimator
 
 

@@ -19,7 +19,7 @@ import os
 import random
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -185,6 +185,18 @@ class LoadedRun:
     ckpt_path: Path
 
 
+def _evaluable(cfg: Config) -> Config:
+    """``cfg`` with CUDA-only back ends pinned by a GPU run relaxed to 'auto', so evaluation can build
+    the scene elsewhere: 'auto' still picks them where they work; without the occupancy grid the
+    dense sampler renders the same field; a tinycudann grid then fails to load with a clear error."""
+    render, scene = cfg.render, cfg.scene
+    if render.estimator == "occgrid":
+        render = replace(render, estimator="auto")
+    if scene.encoding == "tcnn":
+        scene = replace(scene, encoding="auto")
+    return replace(cfg, render=render, scene=scene)
+
+
 def load_run(run_dir: str | os.PathLike, checkpoint: Optional[str | os.PathLike] = None, device: Any = None) -> LoadedRun:
     """Load a run folder's config and scene from its newest checkpoint (or ``checkpoint``).
 
@@ -211,7 +223,7 @@ def load_run(run_dir: str | os.PathLike, checkpoint: Optional[str | os.PathLike]
                 raise UsageError(f"{err}; pass --checkpoint {run.ckpt_dir / others[-1]} to use the previous one") from None
         raise
     dev = resolve_device(device if device is not None else "auto")
-    scene = Scene.from_config(cfg, device=dev)
+    scene = Scene.from_config(_evaluable(cfg), device=dev)
     scene.load_state_dict(state["scene"])
     scene.eval()
     return LoadedRun(cfg=cfg, scene=scene, step=int(state["step"]), run_dir=run.root, ckpt_path=path)
