@@ -87,7 +87,7 @@ class SceneConfig:
 class RenderConfig:
     """Ray marching, compositing and shading."""
 
-    estimator: str = opt("auto", "Sampler: 'auto' (occgrid on CUDA, dense on CPU), 'dense' (stratified) or 'occgrid' (nerfacc, CUDA only).", choices=["auto", "dense", "occgrid"])
+    estimator: str = opt("auto", "Sampler: 'auto' (occgrid on CUDA when nerfacc's CUDA extension loads, else dense), 'dense' (stratified) or 'occgrid' (nerfacc, CUDA only).", choices=["auto", "dense", "occgrid"])
     num_samples: int = opt(64, "Dense sampler: samples per ray between the ray's near and far bounds.", min=2)
     chunk: int = opt(16384, "Rays rendered per chunk at evaluation time, to bound memory.", min=1)
     occ_resolution: int = opt(128, "Occupancy grid resolution (occgrid sampler).", min=8)
