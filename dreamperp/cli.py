@@ -8,12 +8,46 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
-from typing import Callable, List, Optional
+from typing import Callable, List, NoReturn, Optional
 
 from dreamperp.errors import DreamperpError
 
 OVERRIDES_HELP = "config overrides as key=value, e.g. prompt=\"a corgi\" trainer.max_steps=2000"
+
+# What to lower when a command runs out of memory, per subcommand.
+OOM_HINTS = {
+    "train": "data.width/data.height, render.num_samples, data.batch_size or render.chunk",
+    "export": "--resolution",
+    "video": "--size",
+    "render": "--size",
+    "sample": "sample.height/sample.width or sample.num_images",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the same one-line errors as the rest of the CLI (no usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _is_out_of_memory(err: BaseException) -> bool:
+    """Host or device allocation failure (numpy, torch CPU or CUDA)."""
+    if isinstance(err, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(err, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    return isinstance(err, RuntimeError) and ("out of memory" in str(err) or "can't allocate memory" in str(err))
+
+
+def _oom_message(command: str, err: BaseException) -> str:
+    found = re.search(r"allocate (\d+(?:\.\d+)? ?(?:[KMGTP]i?B|bytes))", str(err), re.IGNORECASE)
+    amount = f" (tried to allocate {found.group(1)})" if found else ""
+    hint = OOM_HINTS.get(command, "the sizes you asked for")
+    return f"out of memory{amount}; lower {hint}, or free memory"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -53,7 +87,7 @@ def _cmd_tiny_model(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="dreamperp",
         description="Text-to-3D with Score Distillation Sampling, Perp-Neg and SEGA.",
         epilog="Quick start (CPU, no weights): dreamperp train configs/tiny.yaml",
@@ -118,10 +152,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     # 10x or more on a busy 2-core machine. Must be set before torch starts its thread pool.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if extra:
+        # argparse stops filling the `overrides` list at the first option, so in
+        # `dreamperp sample CONFIG --out DIR key=value` the key=value items are left over here.
+        if hasattr(args, "overrides") and not any(item.startswith("-") for item in extra):
+            args.overrides = [*(args.overrides or []), *extra]
+        else:
+            prog = f"{parser.prog} {args.command}"
+            print(f"{prog}: error: unrecognized arguments: {' '.join(extra)} (see '{prog} --help')", file=sys.stderr)
+            return 2
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return int(func(args) or 0)
@@ -131,6 +174,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f"dreamperp {args.command}: interrupted", file=sys.stderr)
         return 130
+    except (MemoryError, RuntimeError) as err:
+        if not _is_out_of_memory(err):
+            raise
+        print(f"dreamperp {args.command}: error: {_oom_message(args.command, err)}", file=sys.stderr)
+        return 1
 
 
 def entry() -> None:

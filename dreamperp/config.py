@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
+import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
@@ -294,7 +295,9 @@ def _field_type_name(full_key: str) -> str:
     ftype: Any = None
     for part in full_key.split("."):
         if part.isdigit():
-            node = SegaConcept
+            # An item of a list field: a SegaConcept, or an element of List[float] / List[str].
+            inner = re.fullmatch(r"(?:typing\.)?List\[(\w+)\]", str(ftype or ""))
+            node, ftype = (SegaConcept, "SegaConcept") if inner is None or inner.group(1) == "SegaConcept" else (None, inner.group(1))
             continue
         by_name = {f.name: f for f in fields(node)} if is_dataclass(node) else {}
         if part not in by_name:
@@ -343,8 +346,8 @@ def _apply_overrides(merged: Any, overrides: Sequence[str]) -> Any:
             raise UsageError(f"override '{item}' is not of the form key=value (e.g. trainer.max_steps=2000)")
         try:
             value = OmegaConf.from_dotlist([f"value={text}"])["value"]  # YAML value grammar, as OmegaConf parses it
-        except OmegaConfBaseException as err:
-            raise UsageError(f"could not parse the value of override '{item}': {str(err).splitlines()[0]}") from None
+        except (OmegaConfBaseException, yaml.YAMLError) as err:
+            raise UsageError(f"could not parse the value of override '{item}': {_yaml_problem(err)} (quote it, e.g. {key}='\"...\"')") from None
         _check_list_indices(merged, key)
         try:
             OmegaConf.update(merged, key, value, merge=True)
@@ -355,19 +358,59 @@ def _apply_overrides(merged: Any, overrides: Sequence[str]) -> Any:
     return merged
 
 
+def _yaml_problem(err: BaseException) -> str:
+    """One line from a YAML error: the problem and where it is (PyYAML spreads it over four lines)."""
+    if isinstance(err, yaml.MarkedYAMLError) and err.problem:
+        mark = err.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        return f"{err.problem}{where}"
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _load_yaml_mapping(path: Path) -> DictConfig:
+    """A YAML config file as a DictConfig; UsageError naming the file for bad YAML or a non-mapping."""
+    try:
+        # The plain YAML parse finds the top-level type (OmegaConf.load turns a lone string into a
+        # key); OmegaConf.load then reads it with OmegaConf's own rules (e.g. no duplicate keys).
+        top = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if top is not None and not isinstance(top, dict):
+            kind = "a list" if isinstance(top, list) else f"the single value {top!r}"
+            raise UsageError(f"config file '{path}' must hold a mapping of keys (key: value lines), not {kind}")
+        loaded = OmegaConf.load(path)
+    except UsageError:
+        raise
+    except Exception as err:  # yaml, unicode and OmegaConf errors come in many types
+        raise UsageError(f"config file '{path}' is not valid YAML: {_yaml_problem(err)}") from None
+    assert isinstance(loaded, DictConfig)
+    return loaded
+
+
+def _check_sections(node: dict, cls: type, origin: str, prefix: str = "") -> None:
+    """A section of the schema (``trainer:``, ``guidance.sega:``) must be given a mapping; OmegaConf's
+    own merge error for ``trainer: 5`` names no key. ``node``: the file as plain (unresolved) dicts."""
+    for f in fields(cls):
+        default = f.default_factory() if f.default_factory is not DC_MISSING else f.default  # type: ignore[misc]
+        if not is_dataclass(default) or f.name not in node:
+            continue
+        value = node[f.name]
+        if value is None:
+            raise ConfigError(f"{prefix}{f.name}", f"is an empty section in {origin}: give it indented key: value lines below, or delete the line")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{prefix}{f.name}", f"is a section and needs indented key: value lines below it in {origin}, not {value!r}")
+        _check_sections(value, type(default), origin, f"{prefix}{f.name}.")
+
+
 def load_config(path: Optional[str | Path], overrides: Sequence[str] = (), *, require_prompt: bool = True) -> Config:
     """Schema ⊕ YAML file ⊕ ``key=value`` overrides, validated. Raises :class:`ConfigError`."""
     merged: Any = OmegaConf.structured(Config)
     if path is not None:
         p = Path(path)
+        if p.is_dir():
+            raise UsageError(f"config file '{p}' is a folder: pass a YAML file (e.g. configs/tiny.yaml)")
         if not p.is_file():
             raise UsageError(f"config file '{p}' does not exist (try configs/tiny.yaml)")
-        try:
-            file_cfg = OmegaConf.load(p)
-        except Exception as err:  # yaml errors come in many types
-            raise UsageError(f"config file '{p}' is not valid YAML: {str(err).splitlines()[0]}") from None
-        if not isinstance(file_cfg, DictConfig):
-            raise UsageError(f"config file '{p}' must hold a mapping of keys, not a {type(file_cfg).__name__}")
+        file_cfg = _load_yaml_mapping(p)
+        _check_sections(OmegaConf.to_container(file_cfg, resolve=False), Config, f"'{p}'")  # type: ignore[arg-type]
         try:
             merged = OmegaConf.merge(merged, file_cfg)
         except OmegaConfBaseException as err:

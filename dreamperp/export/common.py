@@ -20,6 +20,16 @@ from dreamperp.train.run import atomic_write_bytes, fsync_dir
 _DATA_BACKGROUNDS = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "random": (1.0, 1.0, 1.0)}
 
 
+def make_output_folder(folder: Path) -> None:
+    """Create ``folder`` (and parents); UsageError naming it when that is impossible (a file in the way)."""
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"output folder '{folder}' is a file: move or delete it, then run again")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create the output folder '{folder}': {err.strerror or err} (check the path and its permissions)") from None
+
+
 @contextlib.contextmanager
 def atomic_output(path: Path) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``.
@@ -30,7 +40,7 @@ def atomic_output(path: Path) -> Iterator[Path]:
     temporary file, so a reader never sees a half-written mesh, video or image.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_output_folder(path.parent)
     # Keep the suffix: writers such as ffmpeg and PIL pick the format from it.
     tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
     try:
@@ -47,7 +57,7 @@ def atomic_output(path: Path) -> Iterator[Path]:
 def write_bytes_atomic(path: Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` atomically (temp file + fsync + rename), creating the folder."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_output_folder(path.parent)
     return atomic_write_bytes(path, data)
 
 

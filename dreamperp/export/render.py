@@ -140,7 +140,10 @@ def render_command(args: argparse.Namespace) -> int:
 
         cams = turntable_cameras(run.cfg, n, run.cfg.data.eval_elevation, width, device)
         paths = [out_dir / f"{i:04d}.png" for i in range(n)]
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # e.g. a parent of --out is a file
+        raise UsageError(f"cannot create the --out folder '{out_dir}': {err.strerror} (choose another --out)") from None
     render_to_pngs(run.scene, run.cfg, cams, paths)
     print(f"{len(paths)} images ({width}x{height}) written to {out_dir}")
     return 0

@@ -157,6 +157,7 @@ def write_turntable(
             for out in views:
                 writer.send(np.ascontiguousarray(compose_panels(out, mode_list, near, far)))
         finally:
+            views.close()  # end the progress bar's line, so an error message starts on its own
             writer.close()
     return out_path
 

@@ -314,6 +314,10 @@ def tiny_model_command(args: argparse.Namespace) -> int:
     out = Path(args.path)
     if out.exists() and not out.is_dir():
         raise UsageError(f"'{out}' exists and is not a folder: choose another PATH")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # e.g. a parent is a file, or not writable
+        raise UsageError(f"cannot create the folder '{out}': {err.strerror} (choose another PATH)") from None
     if out.is_dir() and any(out.iterdir()) and not is_tiny_model_dir(out):
         raise UsageError(f"folder '{out}' is not empty and is not a tiny model: choose an empty or new PATH")
     if is_tiny_model_dir(out):

@@ -128,12 +128,14 @@ def save_checkpoint(ckpt_dir: Path, state: Dict[str, Any], keep: int) -> Path:
 def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Dict[str, Any]:
     """Read and verify a checkpoint. A missing, truncated, corrupt or foreign file → UsageError naming it."""
     path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"checkpoint '{path}' is a folder: pass a .pt file inside it (e.g. the newest ckpts/step-NNNNNN.pt)")
     if not path.is_file():
         raise UsageError(f"checkpoint '{path}' does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # zip/pickle/EOF errors come in many types
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]  # torch's hints run on
         raise UsageError(f"checkpoint '{path}' is truncated or corrupt and cannot be read ({first[:120]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UsageError(f"'{path}' is not a dreamperp checkpoint")
@@ -224,6 +226,11 @@ def load_run(run_dir: str | os.PathLike, checkpoint: Optional[str | os.PathLike]
         raise
     dev = resolve_device(device if device is not None else "auto")
     scene = Scene.from_config(_evaluable(cfg), device=dev)
-    scene.load_state_dict(state["scene"])
+    try:
+        scene.load_state_dict(state["scene"])
+    except RuntimeError as err:  # missing/unexpected keys or shape mismatches: a checkpoint of another run
+        if "Error(s) in loading state_dict" not in str(err):  # e.g. CUDA out of memory: not a mismatch
+            raise
+        raise UsageError(f"checkpoint '{path}' does not fit run '{run.root}' (its scene.* settings differ): pass a checkpoint from {run.ckpt_dir}") from None
     scene.eval()
     return LoadedRun(cfg=cfg, scene=scene, step=int(state["step"]), run_dir=run.root, ckpt_path=path)

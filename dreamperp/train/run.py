@@ -168,6 +168,8 @@ class RunDir:
     def open(cls, path: str | os.PathLike) -> "RunDir":
         """An existing run folder; UsageError if ``path`` is not one."""
         root = Path(path).expanduser()
+        if root.exists() and not root.is_dir():
+            raise UsageError(f"'{root}' is a file, not a run folder (pass the folder 'dreamperp train' printed, e.g. outputs/default/<timestamp>-<prompt>)")
         if not root.is_dir():
             raise UsageError(f"run folder '{root}' does not exist (pass the folder 'dreamperp train' printed, e.g. outputs/default/<timestamp>-<prompt>)")
         if not (root / CONFIG_NAME).is_file():
