@@ -201,3 +201,9 @@ def test_checkpoint_folder_and_truncated_checkpoint(run_dir: Path, tmp_path: Pat
     assert main(["export", str(run_dir), "--checkpoint", str(cut)]) == 2
     err = one_line_error(capsys)
     assert "truncated or corrupt" in err and err.rstrip().endswith(")") and "If yo" not in err
+
+
+def test_video_size_beyond_encoders_is_one_line(run_dir: Path, capsys) -> None:
+    assert main(["video", str(run_dir), "--frames", "1", "--size", "100000"]) == 2
+    assert "larger than 8192" in one_line_error(capsys)
+    assert not any((run_dir / "export").iterdir())

@@ -141,7 +141,10 @@ def test_tiny_model_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["tiny-model", str(out), "--seed", "2"]) == 0
     assert str(out) in capsys.readouterr().out
     assert (out / "model_index.json").is_file() and (out / "unet" / "diffusion_pytorch_model.safetensors").is_file()
-    assert main(["tiny-model", str(out)]) == 0  # a previous tiny model may be overwritten
+    (out / "unet" / "stale.txt").write_text("from an older version")
+    assert main(["tiny-model", str(out)]) == 0  # a previous tiny model is replaced wholesale
+    assert not (out / "unet" / "stale.txt").exists() and (out / "model_index.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]  # no temp or backup folder left beside it
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "notes.txt").write_text("keep me")

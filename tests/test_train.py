@@ -289,3 +289,12 @@ def test_multiview_reconstruction_smoke(tmp_path: Path) -> None:
     assert (run / "ckpts" / "step-000030.pt").is_file() and (run / "val" / "step-000030.png").is_file()
     loaded = load_run(run, device="cpu")
     assert loaded.cfg.data.type == "multiview" and loaded.step == 30
+
+
+def test_resume_of_a_finished_run_with_a_lower_limit_changes_nothing(resume_runs: Dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(resume_runs["full"], run)
+    before = (run / "config.yaml").read_text()
+    assert main(["train", "--resume", str(run), "trainer.max_steps=1"]) == 0
+    assert "nothing to do" in capsys.readouterr().err
+    assert (run / "config.yaml").read_text() == before

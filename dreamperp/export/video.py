@@ -33,6 +33,9 @@ VIDEO_MODES = ("rgb", "normal", "depth", "opacity")
 VIDEO_FORMATS = ("mp4", "gif")
 
 
+MAX_VIDEO_SIZE = 8192  # H.264's largest level allows 8192 pixels a side
+
+
 def turntable_cameras(cfg: Any, frames: int, elevation: float, size: int, device: torch.device | str = "cpu"):
     """``frames`` orbit cameras (a CameraBatch) at ``elevation`` degrees, ``size``² pixels, with the
     run's evaluation radius and field of view."""
@@ -137,6 +140,8 @@ def write_turntable(
     fmt = format or (suffix if suffix in VIDEO_FORMATS else ex.video_format)
     if fmt not in VIDEO_FORMATS:
         raise UsageError(f"--format must be one of {', '.join(VIDEO_FORMATS)}, got {fmt!r}")
+    if size > MAX_VIDEO_SIZE:
+        raise UsageError(f"--size {size} is larger than {MAX_VIDEO_SIZE}, more than video encoders and players handle; use a smaller --size")
     if fmt == "mp4" and size % 2:
         raise UsageError(f"--size must be even for mp4 (H.264 yuv420p halves the colour resolution), got {size}; use {size + 1} or --format gif")
 

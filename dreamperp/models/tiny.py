@@ -24,7 +24,6 @@ from dreamperp.errors import UsageError
 TINY_FORMAT_VERSION = 1
 # Marker file that says "this folder was written by build_tiny_pipeline" (safe to overwrite).
 MARKER_FILE = "dreamperp_tiny.json"
-SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 BOS_TOKEN = "<|startoftext|>"
 EOS_TOKEN = "<|endoftext|>"
@@ -320,10 +319,16 @@ def tiny_model_command(args: argparse.Namespace) -> int:
         raise UsageError(f"cannot create the folder '{out}': {err.strerror} (choose another PATH)") from None
     if out.is_dir() and any(out.iterdir()) and not is_tiny_model_dir(out):
         raise UsageError(f"folder '{out}' is not empty and is not a tiny model: choose an empty or new PATH")
-    if is_tiny_model_dir(out):
-        # Replace the previous tiny model wholesale so no stale file of another version survives.
-        for name in SUBFOLDERS:
-            shutil.rmtree(out / name, ignore_errors=True)
-    build_tiny_pipeline(out, seed=args.seed)
+    # Build beside it and swap it in, so a crash never leaves a half-written model at PATH, and a
+    # previous tiny model is replaced wholesale (no stale file of another version survives).
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    try:
+        build_tiny_pipeline(tmp, seed=args.seed)
+        os.rename(out, old)
+        os.rename(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     print(out)
     return 0

@@ -525,7 +525,7 @@ def train_command(args: argparse.Namespace) -> int:
             ckpt_path, state = resume_checkpoint(run, fallback=bool(args.fallback))
             trainer = Trainer(cfg)
             trainer.load_state_dict(state)
-            if overrides:
+            if overrides and trainer.step < cfg.trainer.max_steps:  # a limit already passed changes nothing
                 run.write_config(cfg)
             truncate_metrics(run.metrics_path, trainer.step)
             _say(f"resuming {run.root} from {ckpt_path.name} (step {trainer.step} of {cfg.trainer.max_steps})")
