@@ -207,3 +207,11 @@ def test_video_size_beyond_encoders_is_one_line(run_dir: Path, capsys) -> None:
     assert main(["video", str(run_dir), "--frames", "1", "--size", "100000"]) == 2
     assert "larger than 8192" in one_line_error(capsys)
     assert not any((run_dir / "export").iterdir())
+
+
+def test_repeated_video_mode_and_negative_tiny_seed(run_dir: Path, tmp_path: Path, capsys) -> None:
+    assert main(["video", str(run_dir), "--frames", "1", "--size", "8", "--modes", "rgb,rgb"]) == 2
+    assert "each mode at most once" in one_line_error(capsys)
+    assert main(["tiny-model", str(tmp_path / "m"), "--seed", "-1"]) == 2
+    assert "--seed must be >= 0" in one_line_error(capsys)
+    assert not (tmp_path / "m").exists()

@@ -90,6 +90,8 @@ def parse_modes(modes: str | Sequence[str]) -> list[str]:
     for m in items:
         if m not in VIDEO_MODES:
             raise UsageError(f"--modes: unknown mode {m!r}; use a comma-separated list of {', '.join(VIDEO_MODES)}")
+    if len(set(items)) != len(items):
+        raise UsageError(f"--modes: each mode at most once, got {','.join(items)}")
     return items
 
 

@@ -311,6 +311,8 @@ def tiny_model_path(seed: int = 0) -> Path:
 def tiny_model_command(args: argparse.Namespace) -> int:
     """``dreamperp tiny-model PATH [--seed N]``."""
     out = Path(args.path)
+    if args.seed < 0:
+        raise UsageError(f"--seed must be >= 0, got {args.seed}")
     if out.exists() and not out.is_dir():
         raise UsageError(f"'{out}' exists and is not a folder: choose another PATH")
     try:
