@@ -99,7 +99,8 @@ def sample_images(cfg: Config, device: Any = None, prior: Any = None, show_progr
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
-    from dreamperp.guidance.prior import StableDiffusionPrior, resolve_device
+    from dreamperp.guidance.prior import StableDiffusionPrior
+    from dreamperp.scene import resolve_device
 
     device = resolve_device(device if device is not None else cfg.device)
     if prior is None:

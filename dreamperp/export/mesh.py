@@ -44,16 +44,17 @@ class EmptyFieldError(UsageError):
 
 
 @torch.no_grad()
-def density_grid(scene: Any, bound: float, resolution: int, *, progress: bool = False) -> np.ndarray:
+def density_grid(scene: Any, bound: float, inside: np.ndarray, *, progress: bool = False) -> np.ndarray:
     """Density on ``resolution³`` points spanning ``[-bound, bound]³`` (axis order x, y, z) → float32 numpy.
 
-    Evaluated one x-slab at a time and only inside the sphere of radius ``bound`` (zero outside),
-    through ``scene.density(points [N, 3]) -> [N]``.
+    Evaluated one x-slab at a time and only where ``inside`` (:func:`inside_sphere_mask`, which
+    also sets the resolution) holds, zero elsewhere, through ``scene.density(points [N, 3]) -> [N]``.
     """
+    resolution = inside.shape[0]
     device = scene_device(scene)
     axis = torch.from_numpy(grid_axis(bound, resolution))
     yy, zz = torch.meshgrid(axis, axis, indexing="ij")
-    mask = torch.from_numpy(inside_sphere_mask(bound, resolution))
+    mask = torch.from_numpy(inside)
     out = np.zeros((resolution, resolution, resolution), dtype=np.float32)
     slabs = range(resolution)
     if progress:
@@ -157,8 +158,8 @@ def extract_mesh(
     import trimesh
 
     resolution = positive_int(resolution, "--resolution (export.resolution)", minimum=8)
-    grid = density_grid(scene, bound, resolution, progress=progress)
     inside = inside_sphere_mask(bound, resolution)
+    grid = density_grid(scene, bound, inside, progress=progress)
     level = choose_threshold(grid, inside, bound, threshold)
     padded = np.pad(grid, 1, mode="constant", constant_values=0.0)
     vertices, faces = mcubes.marching_cubes(padded, level)

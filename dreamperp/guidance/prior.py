@@ -22,16 +22,7 @@ from dreamperp.guidance.perpneg import perpneg_guidance
 from dreamperp.guidance.sds import sample_timesteps, sds_grad, sds_loss, sds_weight, timestep_bounds
 from dreamperp.guidance.sega import sega_guidance
 from dreamperp.guidance.views import NEGATIVE_VIEWS, nearest_view_mix, perpneg_params, perpneg_weights, view_prompts
-
-
-def resolve_device(device: Any) -> torch.device:
-    """'auto' → CUDA when available, else CPU; anything else as torch.device."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device is 'cuda' but CUDA is not available here: set device=auto or device=cpu")
-    return dev
+from dreamperp.scene.renderer import resolve_device
 
 
 class StableDiffusionPrior:

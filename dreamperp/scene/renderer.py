@@ -192,12 +192,12 @@ class Scene(nn.Module):
 
 
 # -------------------------------------------------------------------------------------- rendering
-def choose_shading(step: int, render_cfg: RenderConfig, generator: Optional[torch.Generator] = None) -> str:
+def choose_shading(step: int, render_cfg: RenderConfig) -> str:
     """Training shading for ``step``: albedo during warm-up, then textureless with probability
     ``textureless_prob``, else lambertian (one draw from torch's RNG after warm-up)."""
     if step < render_cfg.albedo_warmup_steps:
         return "albedo"
-    return "textureless" if float(torch.rand((), generator=generator)) < render_cfg.textureless_prob else "lambertian"
+    return "textureless" if float(torch.rand(())) < render_cfg.textureless_prob else "lambertian"
 
 
 def _per_ray(value: Optional[Tensor], lead: torch.Size, device: torch.device) -> Optional[Tensor]:
@@ -232,7 +232,6 @@ def render(
     bg_color: Optional[Tensor] = None,
     train: bool = True,
     need_normals: bool = True,
-    ambient_ratio: Optional[float] = None,
 ) -> Dict[str, Tensor]:
     """Render rays ``rays_o, rays_d [..., 3]`` (unit directions).
 
@@ -277,7 +276,7 @@ def render(
         shading=shading,
         light=None if light is None else light.reshape(-1, 3).float(),
         need_normals=need_normals,
-        ambient=cfg.ambient_ratio if ambient_ratio is None else float(ambient_ratio),
+        ambient=cfg.ambient_ratio,
     )
     opacity = out["opacity"]
     rgb = out["rgb"] + (1.0 - opacity) * bg.reshape(-1, 3).to(opacity.dtype)

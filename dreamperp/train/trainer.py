@@ -51,7 +51,6 @@ from dreamperp.train.run import MetricsLogger, RunDir, atomic_write_bytes, trunc
 
 # Keys that may be overridden when resuming; anything else would make the resumed run a different run.
 RESUME_OVERRIDABLE = ("trainer.max_steps",)
-VIEW_NAMES = ("front", "side", "back", "overhead")
 
 
 def _say(message: str) -> None:
@@ -229,8 +228,7 @@ class Trainer:
         rays_o, rays_d = camera_rays(cams)
         shading = choose_shading(step, cfg.render)
         light = sample_light_positions(cams, cfg.render.light_distance_range) if shading != "albedo" else None
-        reg = self.regulariser_scale(step)
-        need_normals = shading != "albedo" or (lc.lambda_orient > 0 and reg > 0)
+        need_normals = lc.lambda_orient > 0 and self.regulariser_scale(step) > 0  # render adds them for lit shading
         out = render(self.scene, rays_o, rays_d, shading=shading, light_pos=light, train=True, need_normals=need_normals)
         images = out["rgb"].permute(0, 3, 1, 2)  # [B, 3, H, W]
         assert self.prior is not None
@@ -282,9 +280,7 @@ class Trainer:
             loss.backward()
         grads = [p.grad for p in self.params if p.grad is not None]
         grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros((), device=self.device)
-        loss_ok = bool(torch.isfinite(loss.detach()))
-        grad_ok = bool(torch.isfinite(grad_norm))
-        if loss_ok and grad_ok:
+        if bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):  # one host sync per step
             if self.scaler is not None:
                 self.scaler.step(self.optimizer)
             else:
@@ -296,7 +292,7 @@ class Trainer:
             self.skipped_steps += 1
             # With a grad scaler, an fp16 overflow is routine (the scale drops); only a bad loss
             # or an overflow at a scale that cannot explain it counts towards stopping.
-            scaler_overflow = self.scaler is not None and loss_ok and self.scaler.get_scale() > 1.0
+            scaler_overflow = self.scaler is not None and bool(torch.isfinite(loss.detach())) and self.scaler.get_scale() > 1.0
             if not scaler_overflow:
                 self.bad_in_row += 1
             self._sanitize_prior_state()
@@ -320,7 +316,7 @@ class Trainer:
     # ---------------------------------------------------------------------------- validation
     def validation_grid(self) -> np.ndarray:
         """uint8 image: columns front, side, back, overhead; rows rgb | normals | opacity (with labels)."""
-        from dreamperp.cameras import camera_rays, fixed_views
+        from dreamperp.cameras import FIXED_VIEW_NAMES, camera_rays, fixed_views
         from dreamperp.export.common import eval_background
         from dreamperp.scene import render_chunked
 
@@ -339,7 +335,7 @@ class Trainer:
         normal = (out["normal"] * 0.5 + 0.5) * opacity + (1.0 - opacity)  # white where empty
         rows = [out["rgb"].clamp(0, 1), normal.clamp(0, 1), opacity.expand(-1, -1, -1, 3)]
         tiles = torch.stack(rows).cpu().numpy()  # [3, 4, S, S, 3]
-        return compose_grid((tiles * 255.0 + 0.5).astype(np.uint8), list(VIEW_NAMES), ["rgb", "normal", "opacity"])
+        return compose_grid((tiles * 255.0 + 0.5).astype(np.uint8), list(FIXED_VIEW_NAMES), ["rgb", "normal", "opacity"])
 
     def write_validation(self, path: Path) -> Path:
         from PIL import Image
@@ -435,11 +431,12 @@ class TrainLoop:
                         raise
                     window_steps += 1
                     step = t.step
+                    log_now = step % tc.log_every == 0 or step == max_steps
                     if pbar is not None:
                         pbar.update(1)
-                        if step % tc.log_every == 0 or step == max_steps:
+                        if log_now:
                             pbar.set_postfix(loss=f"{float(metrics['loss']):.4g}", skipped=t.skipped_steps, refresh=False)
-                    if step % tc.log_every == 0 or step == max_steps:
+                    if log_now:
                         now = time.perf_counter()
                         it_s = window_steps / max(now - window_start, 1e-9)
                         window_start, window_steps = now, 0
