@@ -12,7 +12,7 @@ import re
 import sys
 from typing import Callable, List, NoReturn, Optional
 
-from dreamperp.errors import DreamperpError
+from dreamperp.errors import DreamperpError, is_out_of_memory
 
 OVERRIDES_HELP = "config overrides as key=value, e.g. prompt=\"a corgi\" trainer.max_steps=2000"
 
@@ -31,16 +31,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
-
-
-def _is_out_of_memory(err: BaseException) -> bool:
-    """Host or device allocation failure (numpy, torch CPU or CUDA)."""
-    if isinstance(err, MemoryError):
-        return True
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(err, getattr(torch, "OutOfMemoryError", ())):
-        return True
-    return isinstance(err, RuntimeError) and ("out of memory" in str(err) or "can't allocate memory" in str(err))
 
 
 def _oom_message(command: str, err: BaseException) -> str:
@@ -175,7 +165,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"dreamperp {args.command}: interrupted", file=sys.stderr)
         return 130
     except (MemoryError, RuntimeError) as err:
-        if not _is_out_of_memory(err):
+        if not is_out_of_memory(err):
             raise
         print(f"dreamperp {args.command}: error: {_oom_message(args.command, err)}", file=sys.stderr)
         return 1

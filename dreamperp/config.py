@@ -19,7 +19,7 @@ import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from dreamperp.errors import ConfigError, UsageError
+from dreamperp.errors import ConfigError, UsageError, first_line
 
 
 def opt(default: Any, help: str, **constraints: Any) -> Any:
@@ -322,7 +322,7 @@ def _wrap_omegaconf_error(err: OmegaConfBaseException, origin: str, key: str = "
         expected = _field_type_name(key)
         exp = f", expected {expected}" if expected else ""
         return ConfigError(key, f"wrong type for value {getattr(err, 'value', None)!r} in {origin}{exp}")
-    return ConfigError(key, f"{str(err).splitlines()[0]} (in {origin})")
+    return ConfigError(key, f"{first_line(err)} (in {origin})")
 
 
 def _check_list_indices(merged: Any, key: str) -> None:
@@ -364,7 +364,7 @@ def _yaml_problem(err: BaseException) -> str:
         mark = err.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         return f"{err.problem}{where}"
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return first_line(err)
 
 
 def _load_yaml_mapping(path: Path) -> DictConfig:

@@ -2,11 +2,28 @@
 
 from __future__ import annotations
 
+import sys
+
 
 class DreamperpError(Exception):
     """An expected failure with a message for the user. The CLI prints it on one line."""
 
     exit_code = 1
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (libraries spread theirs over many), or its type name."""
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Host or device allocation failure (numpy, torch CPU or CUDA)."""
+    if isinstance(err, MemoryError):
+        return True
+    torch = sys.modules.get("torch")  # not imported here: the CLI must start without torch
+    if torch is not None and isinstance(err, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    return isinstance(err, RuntimeError) and ("out of memory" in str(err) or "can't allocate memory" in str(err))
 
 
 class UsageError(DreamperpError):

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from dreamperp.cameras import CameraBatch, cameras_from_c2w, fov_x_to_y, pixel_directions
-from dreamperp.errors import UsageError
+from dreamperp.errors import UsageError, first_line
 
 BACKGROUNDS = ("white", "black", "random")
 
@@ -166,7 +166,7 @@ def read_image(path: Path) -> np.ndarray:
     try:
         img = np.asarray(iio.imread(path))
     except Exception as err:
-        raise UsageError(f"could not read image '{path}': {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+        raise UsageError(f"could not read image '{path}': {first_line(err)}") from None
     if img.dtype == np.uint8:
         data = img.astype(np.float32) / 255.0
     elif img.dtype == np.uint16:

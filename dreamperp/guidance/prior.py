@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from dreamperp.config import GuidanceConfig
-from dreamperp.errors import ConfigError, UsageError
+from dreamperp.errors import ConfigError, UsageError, first_line
 from dreamperp.guidance.perpneg import perpneg_guidance
 from dreamperp.guidance.sds import sample_timesteps, sds_grad, sds_loss, sds_weight, timestep_bounds
 from dreamperp.guidance.sega import sega_guidance
@@ -270,7 +270,7 @@ def _load_tiny_encoder(model: str, device: torch.device, dtype: torch.dtype) -> 
     try:
         enc = AutoencoderTiny.from_pretrained(model, torch_dtype=dtype)
     except (OSError, ValueError, EnvironmentError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise UsageError(
             f"guidance.tiny_encoder_model: cannot load AutoencoderTiny '{model}' ({first[:200]}); "
             f"download it once, point it at a local folder, or set guidance.encoder=vae"

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional, Union
 
-from dreamperp.errors import UsageError
+from dreamperp.errors import UsageError, first_line
 
 REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
@@ -105,7 +105,7 @@ def _download(model_id: str) -> Path:
     except RepositoryNotFoundError:
         raise UsageError(f"model '{model_id}' was not found on the Hugging Face hub: check the id, or {_HOW_TO_FIX}") from None
     except (OSError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise UsageError(f"could not fetch model '{model_id}' from the Hugging Face hub: {first}") from None
     return folder
 
@@ -169,7 +169,7 @@ def _load(what: str, folder: Path, fn, *args, **kwargs) -> Any:
     try:
         return fn(*args, **kwargs)
     except (OSError, ValueError, KeyError, TypeError, RuntimeError, json.JSONDecodeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise UsageError(f"cannot load the {what} from '{folder / what}': {first[:300]}") from None
 
 

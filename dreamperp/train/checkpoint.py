@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from dreamperp.config import Config
-from dreamperp.errors import UsageError
+from dreamperp.errors import UsageError, first_line
 from dreamperp.train.run import RunDir, atomic_write
 
 FORMAT = "dreamperp-checkpoint"
@@ -135,7 +135,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Dict[
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # zip/pickle/EOF errors come in many types
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]  # torch's hints run on
+        first = first_line(err).split(". ")[0]  # torch's hints run on
         raise UsageError(f"checkpoint '{path}' is truncated or corrupt and cannot be read ({first[:120]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise UsageError(f"'{path}' is not a dreamperp checkpoint")

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from dreamperp.config import Config, load_config
-from dreamperp.errors import DreamperpError, UsageError
+from dreamperp.errors import DreamperpError, UsageError, is_out_of_memory
 from dreamperp.train.checkpoint import (
     remove_stale_temp_files,
     resume_checkpoint,
@@ -77,12 +77,6 @@ def oom_message(cfg: Config, step: int) -> str:
             f"render.chunk (now {r.chunk}, validation)"
         )
     return f"out of memory at step {step}; reduce {keys}, or free the device"
-
-
-def _is_oom(err: BaseException) -> bool:
-    if isinstance(err, torch.OutOfMemoryError):
-        return True
-    return isinstance(err, RuntimeError) and ("out of memory" in str(err) or "can't allocate memory" in str(err))
 
 
 class StopRequest:
@@ -426,7 +420,7 @@ class TrainLoop:
                     try:
                         metrics = t.train_step()
                     except Exception as err:
-                        if _is_oom(err):
+                        if is_out_of_memory(err):
                             raise DreamperpError(oom_message(self.cfg, t.step)) from None
                         raise
                     window_steps += 1
