@@ -12,6 +12,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
+from dreamperp.cameras import wrap_azimuth  # the azimuth convention lives with the cameras
 from dreamperp.errors import UsageError
 
 VIEWS = ("front", "side", "back", "overhead")
@@ -26,11 +27,6 @@ VIEW_AZIMUTH = {"front": 0.0, "side": 90.0, "back": 180.0}
 def view_prompts(prompt: str) -> list[str]:
     """``["{prompt}, front view", ", side view", ", back view", ", overhead view"]`` in view order."""
     return [f"{prompt}, {view} view" for view in VIEWS]
-
-
-def wrap_azimuth(azimuth_deg: torch.Tensor) -> torch.Tensor:
-    """Wrap degrees to (-180, 180]."""
-    return 180.0 - torch.remainder(180.0 - azimuth_deg, 360.0)
 
 
 def _decay(abc: Sequence[float], r: torch.Tensor) -> torch.Tensor:
