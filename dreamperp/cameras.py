@@ -16,9 +16,9 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from dreamperp.config import DataConfig
+from dreamperp.config import VIEW_NAMES, DataConfig
 
-FIXED_VIEW_NAMES = ("front", "side", "back", "overhead")
+FIXED_VIEW_NAMES = VIEW_NAMES  # column order of validation grids
 OVERHEAD_ELEVATION = 75.0  # above Perp-Neg's 60° overhead threshold
 
 

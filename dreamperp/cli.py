@@ -41,7 +41,7 @@ def _oom_message(command: str, err: BaseException) -> str:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from dreamperp.train.trainer import train_command
+    from dreamperp.train_command import train_command
 
     return train_command(args)
 

@@ -17,9 +17,21 @@ from typing import Any, List, Optional, Sequence
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    OmegaConfBaseException,
+    ValidationError,
+)
 
 from dreamperp.errors import ConfigError, UsageError, first_line
+
+# Names the whole package shares; the schema validates against them, every other module imports them.
+VIEW_NAMES = ("front", "side", "back", "overhead")  # the view prompts, validation columns and 2D view choices
+DATA_BACKGROUNDS = ("white", "black", "random")  # multiview: what RGBA images are composited on
+BACKGROUND_MODES = ("mlp", "solid", "random")  # the scene's background model
+MESH_FORMATS = ("glb", "obj", "ply")
+VIDEO_MODES = ("rgb", "normal", "depth", "opacity")
 
 
 def opt(default: Any, help: str, **constraints: Any) -> Any:
@@ -44,7 +56,7 @@ class DataConfig:
 
     type: str = opt("text", "Training data: 'text' (SDS from a prompt) or 'multiview' (photometric reconstruction).", choices=["text", "multiview"])
     path: str = opt("", "Multiview only: a NeRF-synthetic transforms.json, or the folder holding it.")
-    background: str = opt("white", "Multiview only: colour the RGBA images are composited on.", choices=["white", "black", "random"])
+    background: str = opt("white", "Multiview only: colour the RGBA images are composited on.", choices=list(DATA_BACKGROUNDS))
     width: int = opt(64, "Render width in pixels for training views.", min=8, multiple_of=8)
     height: int = opt(64, "Render height in pixels for training views.", min=8, multiple_of=8)
     upscale_step: int = opt(-1, "Step from which training renders use upscale_width x upscale_height (-1: never).", min=-1)
@@ -79,7 +91,7 @@ class SceneConfig:
     blob_radius: float = opt(0.5, "Radius of the density bias blob, scene units.", gt=0)
     normals: str = opt("finite_difference", "How normals come from density: 'finite_difference' or 'analytic' (autograd).", choices=["finite_difference", "analytic"])
     fd_eps: float = opt(0.01, "Finite-difference step for normals, scene units.", gt=0)
-    background: str = opt("mlp", "Background: 'mlp' (learned from the view direction), 'solid' or 'random' colour per view.", choices=["mlp", "solid", "random"])
+    background: str = opt("mlp", "Background: 'mlp' (learned from the view direction), 'solid' or 'random' colour per view.", choices=list(BACKGROUND_MODES))
     background_color: List[float] = opt([1.0, 1.0, 1.0], "RGB in [0, 1] of the 'solid' background.")
 
 
@@ -226,7 +238,7 @@ class SampleConfig:
     height: int = opt(512, "Image height in pixels.", min=8, multiple_of=8)
     width: int = opt(512, "Image width in pixels.", min=8, multiple_of=8)
     scheduler: str = opt("", "Scheduler class name from diffusers (e.g. DDIMScheduler); empty: the model's own.")
-    view: str = opt("", "Condition on a view: front, side, back or overhead (empty: use azimuth, or none).", choices=["", "front", "side", "back", "overhead"])
+    view: str = opt("", "Condition on a view: front, side, back or overhead (empty: use azimuth, or none).", choices=["", *VIEW_NAMES])
     azimuth: Optional[float] = opt(None, "Condition on this camera azimuth in degrees (Perp-Neg weights from the schedule).")
     elevation: float = opt(0.0, "Camera elevation in degrees for view conditioning.", min=-90, max=90)
     eta: float = opt(0.0, "DDIM eta.", min=0)
@@ -498,10 +510,10 @@ def validate(cfg: Config, *, require_prompt: bool = True) -> None:
     if len(cfg.trainer.betas) != 2 or not all(0 <= b < 1 for b in cfg.trainer.betas):
         raise ConfigError("trainer.betas", f"must be two numbers in [0, 1), got {list(cfg.trainer.betas)}")
     for fmt in cfg.export.formats:
-        if fmt not in ("glb", "obj", "ply"):
+        if fmt not in MESH_FORMATS:
             raise ConfigError("export.formats", f"unknown format {fmt!r}: use glb, obj or ply")
     for mode in cfg.export.video_modes:
-        if mode not in ("rgb", "normal", "depth", "opacity"):
+        if mode not in VIDEO_MODES:
             raise ConfigError("export.video_modes", f"unknown mode {mode!r}: use rgb, normal, depth or opacity")
     parse_threshold(cfg.export.threshold)
 

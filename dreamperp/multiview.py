@@ -19,10 +19,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dreamperp.cameras import CameraBatch, cameras_from_c2w, fov_x_to_y, pixel_directions
+from dreamperp.cameras import (
+    CameraBatch,
+    cameras_from_c2w,
+    fov_x_to_y,
+    pixel_directions,
+)
+from dreamperp.config import Config
 from dreamperp.errors import UsageError, first_line
 
-BACKGROUNDS = ("white", "black", "random")
+# RGB of each data.background; 'random' is a training-time augmentation, and evaluation composites
+# on white like the NeRF-synthetic benchmarks.
+_BACKGROUND_RGB = {"white": (1.0, 1.0, 1.0), "black": (0.0, 0.0, 0.0), "random": (1.0, 1.0, 1.0)}
 
 
 @dataclass
@@ -127,11 +135,20 @@ def background_color(background: str | Tensor, shape: Tuple[int, ...], device: t
     """'white' / 'black' / an RGB tensor → a colour tensor broadcast to ``shape`` (last dim 3)."""
     if isinstance(background, Tensor):
         return background.to(device=device, dtype=torch.float32).expand(shape)
-    if background == "white":
-        return torch.ones(shape, device=device)
-    if background == "black":
-        return torch.zeros(shape, device=device)
+    if background in ("white", "black"):
+        return torch.tensor(_BACKGROUND_RGB[background], device=device).expand(shape)
     raise ValueError(f"background must be 'white', 'black' or an RGB tensor here, got {background!r}")
+
+
+def eval_background(cfg: Config, device: torch.device | str) -> Optional[Tensor]:
+    """Background colour ``[3]`` for evaluation renders, or None for the scene's own background.
+
+    Multiview runs were fitted to images composited on ``data.background``, so their renders use
+    that colour ('random' → white); text runs show the learned/solid background of the scene.
+    """
+    if cfg.data.type == "multiview":
+        return torch.tensor(_BACKGROUND_RGB[cfg.data.background], dtype=torch.float32, device=device)
+    return None
 
 
 # --------------------------------------------------------------------------------------- loading

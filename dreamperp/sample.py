@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import math
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from dreamperp.config import Config, SampleConfig, load_config
 from dreamperp.errors import ConfigError, UsageError
+from dreamperp.images import make_grid, to_uint8
 
 #: Keys of the ``sample`` section that may be given without the ``sample.`` prefix.
 SHORTHAND_KEYS = tuple(f.name for f in fields(SampleConfig))
@@ -67,7 +67,12 @@ def view_weights(cfg: Config, batch: int) -> tuple[Any, Any]:
     """``(pos_mix, neg_weights)`` ``[batch, 4]`` on the CPU for ``sample.view``/``sample.azimuth``, or (None, None)."""
     import torch
 
-    from dreamperp.guidance.views import named_view_mix, nearest_view_mix, perpneg_params, perpneg_weights
+    from dreamperp.guidance.views import (
+        named_view_mix,
+        nearest_view_mix,
+        perpneg_params,
+        perpneg_weights,
+    )
 
     s, pn = cfg.sample, cfg.guidance.perp_neg
     if s.view:
@@ -99,8 +104,8 @@ def sample_images(cfg: Config, device: Any = None, prior: Any = None, show_progr
     import torch
     from diffusers.utils.torch_utils import randn_tensor
 
+    from dreamperp.device import resolve_device
     from dreamperp.guidance.prior import StableDiffusionPrior
-    from dreamperp.scene import resolve_device
 
     device = resolve_device(device if device is not None else cfg.device)
     if prior is None:
@@ -125,23 +130,6 @@ def sample_images(cfg: Config, device: Any = None, prior: Any = None, show_progr
         image = prior.vae.decode(latents / prior.scaling_factor, return_dict=False)[0]
         image = (image * 0.5 + 0.5).clamp(0, 1)
         return image.cpu().permute(0, 2, 3, 1).float().numpy()
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """Float [0, 1] → uint8 exactly as diffusers' ``numpy_to_pil``: ``(x * 255).round()``."""
-    return (images * 255).round().astype("uint8")
-
-
-def make_grid(images: np.ndarray) -> np.ndarray:
-    """``[N, H, W, 3]`` uint8 → one image with ceil(sqrt(N)) columns (blank cells black)."""
-    n, h, w, c = images.shape
-    cols = math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    grid = np.zeros((rows * h, cols * w, c), dtype=images.dtype)
-    for k in range(n):
-        r, q = divmod(k, cols)
-        grid[r * h : (r + 1) * h, q * w : (q + 1) * w] = images[k]
-    return grid
 
 
 def write_images(images: np.ndarray, out_dir: Path) -> List[Path]:

@@ -13,7 +13,7 @@ import torch
 
 from dreamperp.config import load_config
 from dreamperp.errors import UsageError
-from dreamperp.train.checkpoint import (
+from dreamperp.runs.checkpoint import (
     checkpoint_name,
     list_checkpoints,
     load_checkpoint,
@@ -24,7 +24,13 @@ from dreamperp.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from dreamperp.train.run import MetricsLogger, RunDir, read_metrics, slugify, truncate_metrics
+from dreamperp.runs.folder import (
+    MetricsLogger,
+    RunDir,
+    read_metrics,
+    slugify,
+    truncate_metrics,
+)
 
 
 def _state(step: int) -> dict:
@@ -118,7 +124,7 @@ def test_resume_checkpoint_fallback_and_load_run_errors(tmp_path: Path) -> None:
         load_run(run.root)
     save_checkpoint(run.ckpt_dir, _state(2), keep=3)
     newest = save_checkpoint(run.ckpt_dir, _state(4), keep=3)
-    (run.ckpt_dir / ".step-000006.pt.tmp-abc").write_bytes(b"half")  # left by a kill -9
+    (run.ckpt_dir / ".step-000006.tmp4242.pt").write_bytes(b"half")  # left by a kill -9
     newest.write_bytes(newest.read_bytes()[:100])
     with pytest.raises(UsageError) as info:
         resume_checkpoint(run)

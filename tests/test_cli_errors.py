@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_export import make_run
 
 from dreamperp.cli import main
-from test_export import make_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

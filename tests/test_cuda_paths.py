@@ -20,11 +20,11 @@ from torch import nn
 from dreamperp.cameras import camera_rays, orbit_cameras
 from dreamperp.config import Config, load_config
 from dreamperp.errors import UsageError
+from dreamperp.runs.checkpoint import load_run, save_checkpoint
+from dreamperp.runs.folder import RunDir
 from dreamperp.scene import Background, Field, Scene, render, render_chunked
 from dreamperp.scene import renderer as renderer_mod
 from dreamperp.scene.encoding import HashGridEncoding
-from dreamperp.train.checkpoint import load_run, save_checkpoint
-from dreamperp.train.run import RunDir
 
 _ORIGINAL_WEIGHTS = nerfacc.render_weight_from_density
 

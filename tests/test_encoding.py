@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from dreamperp.errors import UsageError
-from dreamperp.scene.encoding import HASH_PRIMES, HashGridEncoding, TorchHashGrid, level_resolutions, tcnn_available
+from dreamperp.scene.encoding import (
+    HASH_PRIMES,
+    HashGridEncoding,
+    TorchHashGrid,
+    level_resolutions,
+    tcnn_available,
+)
 
 
 def reference_encoding(grid: TorchHashGrid, x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,12 @@ from torch import nn
 from dreamperp.cli import main
 from dreamperp.config import Config, RenderConfig
 from dreamperp.errors import UsageError
-from dreamperp.export.mesh import EmptyFieldError, export_mesh, extract_mesh, keep_large_components
+from dreamperp.export.mesh import (
+    EmptyFieldError,
+    export_mesh,
+    extract_mesh,
+    keep_large_components,
+)
 from dreamperp.scene.background import Background
 from dreamperp.scene.renderer import Scene
 
@@ -187,8 +192,8 @@ def make_run(root: Path, *overrides: str) -> Path:
     """A run folder as `dreamperp train` leaves it (config.yaml + one checkpoint) holding an
     untrained tiny scene: its density blob (σ ≈ 10 at the centre, radius 0.5) is the object."""
     from dreamperp.config import load_config
-    from dreamperp.train.checkpoint import save_checkpoint
-    from dreamperp.train.run import RunDir
+    from dreamperp.runs.checkpoint import save_checkpoint
+    from dreamperp.runs.folder import RunDir
 
     cfg = load_config(None, [f"output_dir={root}", "name=test", "prompt=a ball", *TINY_SCENE, *overrides])
     run = RunDir.create(cfg)

@@ -10,11 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_export import analytic_scene, small_config
 
 from dreamperp.cli import main
 from dreamperp.errors import UsageError
-from dreamperp.export.render import output_name, output_size, read_camera_file, render_to_pngs
-from test_export import analytic_scene, small_config
+from dreamperp.export.render import (
+    output_name,
+    output_size,
+    read_camera_file,
+    render_to_pngs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 

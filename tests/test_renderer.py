@@ -12,7 +12,15 @@ from torch import nn
 from dreamperp.cameras import camera_rays, orbit_cameras
 from dreamperp.config import Config, RenderConfig
 from dreamperp.errors import UsageError
-from dreamperp.scene import Background, Field, Scene, choose_shading, ray_sphere, render, render_chunked
+from dreamperp.scene import (
+    Background,
+    Field,
+    Scene,
+    choose_shading,
+    ray_sphere,
+    render,
+    render_chunked,
+)
 
 
 class ConstantSphere(nn.Module):
@@ -210,7 +218,7 @@ def test_field_blob_and_normals():
     assert torch.allclose(field.normal(x), radial, atol=1e-3)
     field.normals_mode = "analytic"
     assert torch.allclose(field.normal(x), radial, atol=1e-4)
-    d, a = field(x)
+    d, a = field.density(x), field.albedo(x)
     assert d.shape == (2,) and a.shape == (2, 3) and ((a >= 0) & (a <= 1)).all()
 
 

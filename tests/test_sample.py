@@ -9,7 +9,8 @@ import pytest
 
 from dreamperp.cli import main
 from dreamperp.config import load_config
-from dreamperp.sample import make_grid, rewrite_shorthand, to_uint8
+from dreamperp.images import make_grid, to_uint8
+from dreamperp.sample import rewrite_shorthand
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SAMPLE = str(CONFIGS / "sample.yaml")

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from dreamperp.guidance.sds import sample_timesteps, sds_grad, sds_loss, sds_weight, timestep_bounds
+from dreamperp.guidance.sds import (
+    sample_timesteps,
+    sds_grad,
+    sds_loss,
+    sds_weight,
+    timestep_bounds,
+)
 
 
 def test_timestep_bounds_and_anneal() -> None:

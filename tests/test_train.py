@@ -18,9 +18,10 @@ import torch
 from dreamperp.cli import main
 from dreamperp.config import load_config
 from dreamperp.errors import DreamperpError
-from dreamperp.train.checkpoint import list_checkpoints, load_checkpoint, load_run
-from dreamperp.train.run import RunDir, read_metrics
-from dreamperp.train.trainer import Trainer, TrainLoop
+from dreamperp.runs.checkpoint import list_checkpoints, load_checkpoint, load_run
+from dreamperp.runs.folder import RunDir, read_metrics
+from dreamperp.train.loop import TrainLoop
+from dreamperp.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "configs" / "tiny.yaml")

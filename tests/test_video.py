@@ -9,11 +9,16 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from test_export import analytic_scene, small_config
 
 from dreamperp.cli import main
 from dreamperp.errors import UsageError
-from dreamperp.export.video import compose_panels, parse_modes, turntable_cameras, write_turntable
-from test_export import analytic_scene, small_config
+from dreamperp.export.video import (
+    compose_panels,
+    parse_modes,
+    turntable_cameras,
+    write_turntable,
+)
 
 # Off-centre, so every frame of the turntable looks different.
 OFF_CENTRE = (((0.35, 0.0, 0.0), 0.3),)

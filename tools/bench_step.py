@@ -86,9 +86,9 @@ def build(cfg_path: str, overrides: List[str], full_size: bool) -> Trainer:
         raise SystemExit("bench_step times text-to-3D steps: use a config with data.type=text")
     prior = None
     if full_size:
+        from dreamperp.device import resolve_device
         from dreamperp.guidance.prior import StableDiffusionPrior
         from dreamperp.models.full_size import full_size_components
-        from dreamperp.scene import resolve_device
 
         device = resolve_device(cfg.device)
         prior = StableDiffusionPrior(cfg.guidance, cfg.prompt, cfg.negative_prompt, device,
@@ -153,7 +153,7 @@ def main() -> None:
           f" resolution {trainer.prior.resolution}; render {cfg.data.width}x{cfg.data.height}, batch {cfg.data.batch_size},"
           f" Perp-Neg {'on' if cfg.guidance.perp_neg.enabled else 'off'}, sampler {trainer.scene.sampler}")
     print(f"steps: {args.warmup} warm-up + {len(rows)} timed (median per stage); UNet rows per sample: {rows_in_unet}\n")
-    print(f"| stage | ms | share |\n| --- | ---: | ---: |")
+    print("| stage | ms | share |\n| --- | ---: | ---: |")
     for stage in STAGES:
         print(f"| {stage} | {med[stage] * 1e3:.2f} | {100 * med[stage] / med['total']:.0f}% |")
     print(f"| **step** | **{med['total'] * 1e3:.2f}** | 100% |")

@@ -30,7 +30,9 @@ import numpy as np
 import torch
 
 from dreamperp.errors import UsageError
-from dreamperp.export.common import load_run_for_eval, positive_int, scene_device, write_bytes_atomic
+from dreamperp.export.common import positive_int, scene_device
+from dreamperp.files import atomic_write_bytes
+from dreamperp.runs.checkpoint import load_run
 
 MESH_FORMATS = ("glb", "obj", "ply")
 AUTO_LEVEL = 25.0
@@ -225,7 +227,7 @@ def export_mesh(
     out_dir = Path(out_dir)
     paths = []
     for fmt in dict.fromkeys(formats):  # unique, in order
-        paths.append(write_bytes_atomic(out_dir / f"{name}.{fmt}", mesh_bytes(mesh, fmt)))
+        paths.append(atomic_write_bytes(out_dir / f"{name}.{fmt}", mesh_bytes(mesh, fmt)))
     return paths
 
 
@@ -248,7 +250,7 @@ def export_command(args: argparse.Namespace) -> int:
         parse_threshold_arg(args.threshold)  # fail on a bad value before loading the run
     if args.resolution is not None:
         positive_int(args.resolution, "--resolution", minimum=8)
-    run = load_run_for_eval(args.run_dir, checkpoint=args.checkpoint)
+    run = load_run(args.run_dir, checkpoint=args.checkpoint)
     paths = export_mesh(run.scene, run.cfg, Path(run.run_dir) / "export", args.formats, args.resolution, args.threshold)
     for path in paths:
         print(path)

@@ -15,7 +15,6 @@ Images are the albedo render composited on the run's evaluation background (mult
 from __future__ import annotations
 
 import argparse
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
@@ -23,8 +22,16 @@ from typing import Any, List, Optional, Sequence
 import torch
 
 from dreamperp.errors import UsageError
-from dreamperp.export.common import eval_background, load_run_for_eval, positive_int, scene_device, write_bytes_atomic
-from dreamperp.multiview import IMAGE_SUFFIXES, MultiviewDataset, load_transforms
+from dreamperp.export.common import positive_int, scene_device
+from dreamperp.files import atomic_write_bytes
+from dreamperp.images import png_bytes, to_uint8
+from dreamperp.multiview import (
+    IMAGE_SUFFIXES,
+    MultiviewDataset,
+    eval_background,
+    load_transforms,
+)
+from dreamperp.runs.checkpoint import load_run
 
 DEFAULT_TURNTABLE_SIZE = 512
 
@@ -97,9 +104,7 @@ def output_size(cams: CameraFile, size: Optional[int]) -> tuple[int, int]:
 @torch.no_grad()
 def render_to_pngs(scene: Any, cfg: Any, cams: Any, paths: Sequence[Path], *, progress: bool = True) -> List[Path]:
     """Render every camera of ``cams`` (a CameraBatch) and write 8-bit RGB PNGs to ``paths`` (atomically)."""
-    from PIL import Image
-
-    from dreamperp.export.video import render_views, to_uint8
+    from dreamperp.export.video import render_views
 
     bg = eval_background(cfg, scene_device(scene))
     views = render_views(scene, cams, bg, need_normals=False)
@@ -109,9 +114,7 @@ def render_to_pngs(scene: Any, cfg: Any, cams: Any, paths: Sequence[Path], *, pr
         views = tqdm(views, total=len(paths), desc="render", unit="view", dynamic_ncols=True)
     written = []
     for out, path in zip(views, paths):
-        buf = io.BytesIO()
-        Image.fromarray(to_uint8(out["rgb"])).save(buf, format="PNG")
-        written.append(write_bytes_atomic(Path(path), buf.getvalue()))
+        written.append(atomic_write_bytes(Path(path), png_bytes(to_uint8(out["rgb"]))))
     return written
 
 
@@ -130,7 +133,7 @@ def render_command(args: argparse.Namespace) -> int:
     else:
         n = positive_int(args.turntable, "--turntable")
         height = width = positive_int(args.size if args.size is not None else DEFAULT_TURNTABLE_SIZE, "--size")
-    run = load_run_for_eval(args.run_dir, checkpoint=args.checkpoint)
+    run = load_run(args.run_dir, checkpoint=args.checkpoint)
     device = scene_device(run.scene)
     if args.cameras is not None:
         cams = cameras_from_c2w(cam_file.c2w.to(device), height, width, fovx_deg=cam_file.fovx_deg)

@@ -27,7 +27,11 @@ import torch
 from torch import Tensor
 
 from dreamperp.errors import UsageError
-from dreamperp.export.common import atomic_output, eval_background, load_run_for_eval, positive_int, scene_device
+from dreamperp.export.common import positive_int, scene_device
+from dreamperp.files import atomic_output
+from dreamperp.images import to_uint8
+from dreamperp.multiview import eval_background
+from dreamperp.runs.checkpoint import load_run
 
 VIDEO_MODES = ("rgb", "normal", "depth", "opacity")
 VIDEO_FORMATS = ("mp4", "gif")
@@ -54,11 +58,6 @@ def render_views(scene: Any, cams: Any, bg_color: Optional[Tensor], *, need_norm
         rays_o, rays_d = camera_rays(cams[i])
         out = render_chunked(scene, rays_o[0], rays_d[0], bg_color=bg_color, shading="albedo", need_normals=need_normals)
         yield {k: v.float().cpu() for k, v in out.items() if v.dim() == 3}
-
-
-def to_uint8(image: Tensor) -> np.ndarray:
-    """Float image ``[H, W, 3]`` in [0, 1] → uint8 numpy."""
-    return (image.clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
 
 
 def compose_panels(out: Dict[str, Tensor], modes: Sequence[str], near: float, far: float) -> np.ndarray:
@@ -177,7 +176,7 @@ def video_command(args: argparse.Namespace) -> int:
             positive_int(value, flag, lo)
     if args.modes is not None:
         parse_modes(args.modes)
-    run = load_run_for_eval(args.run_dir, checkpoint=args.checkpoint)
+    run = load_run(args.run_dir, checkpoint=args.checkpoint)
     fmt = args.format or run.cfg.export.video_format
     path = write_turntable(
         run.scene,

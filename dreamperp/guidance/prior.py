@@ -17,12 +17,24 @@ import torch
 import torch.nn.functional as F
 
 from dreamperp.config import GuidanceConfig
+from dreamperp.device import resolve_device
 from dreamperp.errors import ConfigError, UsageError, first_line
 from dreamperp.guidance.perpneg import perpneg_guidance
-from dreamperp.guidance.sds import sample_timesteps, sds_grad, sds_loss, sds_weight, timestep_bounds
+from dreamperp.guidance.sds import (
+    sample_timesteps,
+    sds_grad,
+    sds_loss,
+    sds_weight,
+    timestep_bounds,
+)
 from dreamperp.guidance.sega import sega_guidance
-from dreamperp.guidance.views import NEGATIVE_VIEWS, nearest_view_mix, perpneg_params, perpneg_weights, view_prompts
-from dreamperp.scene.renderer import resolve_device
+from dreamperp.guidance.views import (
+    NEGATIVE_VIEWS,
+    nearest_view_mix,
+    perpneg_params,
+    perpneg_weights,
+    view_prompts,
+)
 
 
 class StableDiffusionPrior:
@@ -79,7 +91,8 @@ class StableDiffusionPrior:
         self.emb_prompt = self.encode_text([prompt], text_encoder)  # [1, L, D]
         self.emb_uncond = self.encode_text([negative_prompt or ""], text_encoder)  # [1, L, D]
         self.emb_views = self.encode_text(view_prompts(prompt), text_encoder)  # [4, L, D]
-        self.emb_views_f32 = self.emb_views.float()
+        # The view mix is formed in at least fp32 (fp16 sums of mixed embeddings lose the small weights).
+        self.emb_views_mix = self.emb_views.to(torch.promote_types(self.dtype, torch.float32))
         self.emb_concepts = self.encode_text([c.prompt for c in self.concepts], text_encoder) if self.concepts else None  # [C, L, D]
         if self.device.type == "cuda":
             text_encoder.to("cpu")  # no longer needed: free its GPU memory
@@ -149,8 +162,8 @@ class StableDiffusionPrior:
             if pos_mix is None:
                 emb_pos = self.emb_prompt.expand(B, -1, -1)
             else:
-                mix = pos_mix.to(dev, torch.float32, non_blocking=True)
-                emb_pos = torch.einsum("bv,vld->bld", mix, self.emb_views_f32).to(dtype)
+                mix = pos_mix.to(dev, self.emb_views_mix.dtype, non_blocking=True)
+                emb_pos = torch.einsum("bv,vld->bld", mix, self.emb_views_mix).to(dtype)
             neg_cols: list[int] = []
             if neg_weights is not None:
                 if neg_weights.device.type == "cpu":

@@ -12,10 +12,13 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from dreamperp.cameras import wrap_azimuth  # the azimuth convention lives with the cameras
+from dreamperp.cameras import (
+    wrap_azimuth,  # the azimuth convention lives with the cameras
+)
+from dreamperp.config import VIEW_NAMES
 from dreamperp.errors import UsageError
 
-VIEWS = ("front", "side", "back", "overhead")
+VIEWS = VIEW_NAMES  # row order of the view embeddings [front, side, back, overhead]
 FRONT, SIDE, BACK, OVERHEAD = range(4)
 SCHEDULES = ("threestudio", "stable-dreamfusion")
 #: Views that either schedule can give a non-zero negative weight (back and overhead never are).

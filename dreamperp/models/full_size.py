@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from dreamperp.models.loading import SDComponents, _as_dtype, _freeze
+from dreamperp.models.tiny import SCHEDULER_CONFIG, tiny_model_path
 
 # From stabilityai/stable-diffusion-2-1-base: unet/config.json, vae/config.json, text_encoder/config.json.
 SD21_BASE_UNET = dict(
@@ -58,8 +59,6 @@ def full_size_components(device: Any = "cpu", dtype: Any = "auto", seed: int = 0
     from diffusers.utils import logging as diffusers_logging
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from dreamperp.models.tiny import tiny_model_path
-
     device = torch.device(device)
     dtype = _as_dtype(dtype, device)
     gen_state = torch.random.get_rng_state()
@@ -76,10 +75,7 @@ def full_size_components(device: Any = "cpu", dtype: Any = "auto", seed: int = 0
         torch.random.set_rng_state(gen_state)
         diffusers_logging.set_verbosity(verbosity)
     tokenizer = CLIPTokenizer.from_pretrained(tiny_model_path() / "tokenizer")
-    scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon", num_train_timesteps=1000,
-    )
+    scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
     for m in (unet, vae, text_encoder):
         _freeze(m, device)
     return SDComponents(

@@ -6,15 +6,16 @@ cached while offline) is a one-line :class:`UsageError`, never a traceback from 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Optional, Union
 
 from dreamperp.errors import UsageError, first_line
+from dreamperp.models.quiet import no_transformers_progress_bars
+from dreamperp.models.tiny import tiny_model_path
 
 REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
@@ -44,21 +45,6 @@ class SDComponents:
     dtype: Any  # torch.dtype
 
 
-@contextlib.contextmanager
-def no_transformers_progress_bars() -> Iterator[None]:
-    """Hide transformers' per-file progress bars ("Loading weights", "Writing model shards"):
-    for our small, fast loads they only bury the run's own output."""
-    from transformers.utils import logging as hf_logging
-
-    bars = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def _hub_offline() -> bool:
     # huggingface_hub reads HF_HUB_OFFLINE once at import; read the environment now as well.
     from huggingface_hub import constants
@@ -81,7 +67,11 @@ def _looks_like_path(model: str) -> bool:
 def _download(model_id: str) -> Path:
     """Snapshot folder of a hub SD pipeline: from the HF cache, or downloaded when online."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, LocalEntryNotFoundError, RepositoryNotFoundError
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
 
     offline = _hub_offline()
     allow = ["model_index.json"] + [f"{s}/*.json" for s in REQUIRED_SUBFOLDERS] + [f"{s}/*.txt" for s in REQUIRED_SUBFOLDERS]
@@ -136,8 +126,6 @@ def resolve_model(model: str) -> str:
     if not model:
         raise UsageError(f"guidance.model is empty: {_HOW_TO_FIX}")
     if model == "tiny":
-        from dreamperp.models.tiny import tiny_model_path
-
         folder, name = tiny_model_path(), None
     elif Path(model).expanduser().exists():
         folder, name = Path(model).expanduser(), None
@@ -159,7 +147,8 @@ def _as_dtype(dtype: Any, device: Any) -> Any:
     name = str(dtype or "auto").replace("torch.", "")
     if name == "auto":
         return torch.float16 if torch.device(device).type == "cuda" else torch.float32
-    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+    # float64 is for tests that must not depend on fp32 GEMM rounding (which varies with CPU and shapes).
+    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16, "float64": torch.float64}
     if name not in table:
         raise UsageError(f"unknown dtype {dtype!r}: use auto, float32, float16 or bfloat16")
     return table[name]

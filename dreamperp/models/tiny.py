@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Dict, List, Tuple
 
 from dreamperp.errors import UsageError
+from dreamperp.models.quiet import no_transformers_progress_bars
 
 # Bump when the architecture, tokenizer or file layout changes: cached models are keyed by it.
 TINY_FORMAT_VERSION = 1
@@ -188,6 +189,7 @@ def _model_configs(vocab_size: int) -> Dict[str, dict]:
     }
 
 
+# The DDIM scheduler of Stable Diffusion 1.x/2.x (scheduler/scheduler_config.json of SD 2.1-base).
 SCHEDULER_CONFIG = dict(
     num_train_timesteps=1000,
     beta_start=0.00085,
@@ -240,8 +242,6 @@ def build_tiny_pipeline(path: str | os.PathLike, seed: int = 0) -> Path:
 
     unet.save_pretrained(out / "unet", safe_serialization=True)
     vae.save_pretrained(out / "vae", safe_serialization=True)
-    from dreamperp.models.loading import no_transformers_progress_bars
-
     with no_transformers_progress_bars():
         text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
     DDIMScheduler(**SCHEDULER_CONFIG).save_pretrained(out / "scheduler")

@@ -14,7 +14,6 @@ from dreamperp.scene.renderer import (
     ray_sphere,
     render,
     render_chunked,
-    resolve_device,
     resolve_estimator,
 )
 
@@ -29,6 +28,5 @@ __all__ = [
     "ray_sphere",
     "render",
     "render_chunked",
-    "resolve_device",
     "resolve_estimator",
 ]

@@ -7,9 +7,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from dreamperp.config import BACKGROUND_MODES
 from dreamperp.scene.field import mlp
-
-BACKGROUND_MODES = ("mlp", "solid", "random")
 
 
 class Background(nn.Module):

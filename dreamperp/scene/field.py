@@ -98,16 +98,6 @@ class Field(nn.Module):
         """Albedo in [0, 1] at ``x [N, 3]`` → ``[N, 3]``."""
         return self._sliced(lambda p: self.albedo_from_features(self.encode(p)), x)
 
-    def density_and_albedo(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """Both from one encoding pass: ``[N]``, ``[N, 3]``."""
-
-        def both(p: Tensor) -> Tensor:
-            h = self.encode(p)
-            return torch.cat([self.density_from_features(p, h)[:, None], self.albedo_from_features(h)], -1)
-
-        out = self._sliced(both, x)
-        return out[:, 0], out[:, 1:]
-
     def normal(self, x: Tensor) -> Tensor:
         """Unit outward normals ``−∇σ/|∇σ|`` at ``x [N, 3]`` → ``[N, 3]`` (differentiable when grad is on)."""
         if self.normals_mode == "analytic":
@@ -129,13 +119,3 @@ class Field(nn.Module):
             sigma = self.density(x)
             (grad,) = torch.autograd.grad(sigma.sum(), x, create_graph=create_graph)
         return F.normalize(-grad, dim=-1, eps=1e-12)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """``x [N, 3]`` → density ``[N]``, albedo ``[N, 3]``."""
-        return self.density_and_albedo(x)
-
-    def grid_parameters(self) -> list[nn.Parameter]:
-        return list(self.encoding.parameters())
-
-    def mlp_parameters(self) -> list[nn.Parameter]:
-        return list(self.density_net.parameters()) + list(self.albedo_net.parameters())

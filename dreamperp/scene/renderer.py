@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreamperp.config import Config, RenderConfig, SceneConfig
+from dreamperp.device import resolve_device
 from dreamperp.errors import UsageError
 from dreamperp.scene.background import Background
 from dreamperp.scene.field import Field
@@ -41,17 +42,6 @@ from dreamperp.scene.field import Field
 SHADING_MODES = ("albedo", "lambertian", "textureless")
 
 logger = logging.getLogger(__name__)
-
-
-def resolve_device(name: str | torch.device | None) -> torch.device:
-    """``"auto"`` → CUDA when available else CPU; ``"cuda"`` without a GPU → UsageError."""
-    if isinstance(name, torch.device):
-        return name
-    if name in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("device=cuda but no CUDA device is available; use device=auto or device=cpu")
-    return torch.device(name)
 
 
 def nerfacc_cuda_available() -> bool:

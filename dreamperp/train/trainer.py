@@ -1,4 +1,4 @@
-"""Text-to-3D and multi-view training loop (``dreamperp train``).
+"""One optimisation step of a run: the scene, its optimizer and the loss source (docs/design.md §1, §7).
 
 One step, text mode (``data.type: text``)::
 
@@ -11,50 +11,25 @@ background → photometric MSE (``loss.lambda_rgb``) + opacity-vs-alpha MSE (``l
 Determinism: all randomness comes from torch's global RNG inside :meth:`Trainer.train_step`;
 every schedule is a function of the step index; validation and export run under
 ``torch.random.fork_rng`` so they draw nothing from the training stream; checkpoints are written
-after a complete step with every RNG state. So on the CPU a run that is killed and resumed ends
-with exactly the parameters of an uninterrupted run.
-
-Exit codes of ``dreamperp train``: 0 finished (or nothing left to do); 1 stopped after
-``trainer.max_bad_steps`` consecutive non-finite steps, or out of memory (a checkpoint is saved
-in the first case); 2 a usage/config error (nothing written for a new run); 130 / 143 stopped by
-SIGINT (Ctrl-C) / SIGTERM after finishing the current step and saving a checkpoint
-(128 + signal number, the shell convention, so schedulers can tell an interrupted run from a
-finished one). A second Ctrl-C while stopping aborts at once.
+after a complete step with every RNG state. So on the same CPU with the same thread count a run
+that is killed and resumed ends with exactly the parameters of an uninterrupted run (another CPU
+model or thread count rounds fp32 differently and gives a slightly different run).
 """
 
 from __future__ import annotations
 
-import argparse
-import io
 import random
-import signal
-import sys
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
 
-from dreamperp.config import Config, load_config
-from dreamperp.errors import DreamperpError, UsageError, is_out_of_memory
-from dreamperp.train.checkpoint import (
-    remove_stale_temp_files,
-    resume_checkpoint,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
-from dreamperp.train.run import MetricsLogger, RunDir, atomic_write_bytes, truncate_metrics
-
-# Keys that may be overridden when resuming; anything else would make the resumed run a different run.
-RESUME_OVERRIDABLE = ("trainer.max_steps",)
-
-
-def _say(message: str) -> None:
-    print(f"dreamperp train: {message}", file=sys.stderr, flush=True)
+from dreamperp.config import Config, to_yaml
+from dreamperp.device import no_rng_side_effects, resolve_device
+from dreamperp.files import atomic_write_bytes
+from dreamperp.images import labeled_grid, png_bytes, to_uint8
+from dreamperp.runs.checkpoint import rng_state, set_rng_state
 
 
 def seed_everything(seed: int) -> None:
@@ -63,60 +38,6 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
-
-def oom_message(cfg: Config, step: int) -> str:
-    """What to change when a step runs out of memory."""
-    d, r = cfg.data, cfg.render
-    size = f"{d.width}x{d.height}" + (f", {d.upscale_width}x{d.upscale_height} from step {d.upscale_step}" if d.upscale_step >= 0 else "")
-    if d.type == "multiview":
-        keys = f"data.rays_per_step (now {d.rays_per_step}), render.num_samples (now {r.num_samples}), render.chunk (now {r.chunk})"
-    else:
-        keys = (
-            f"data.width/data.height (now {size}), render.num_samples (now {r.num_samples}), "
-            f"data.batch_size (now {d.batch_size}), guidance.dtype=float16 (now {cfg.guidance.dtype}), "
-            f"render.chunk (now {r.chunk}, validation)"
-        )
-    return f"out of memory at step {step}; reduce {keys}, or free the device"
-
-
-class StopRequest:
-    """SIGINT/SIGTERM handlers that ask the loop to stop after the current step.
-
-    A second SIGINT while stopping raises KeyboardInterrupt (abort now). Only installable from the
-    main thread; elsewhere it is inert.
-    """
-
-    def __init__(self) -> None:
-        self.signum: Optional[int] = None
-        self._previous: Dict[int, Any] = {}
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum is not None else ""
-
-
-@contextmanager
-def _no_rng_side_effects(device: torch.device) -> Iterator[None]:
-    """Evaluation code may draw random numbers without shifting the training stream."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        yield
 
 
 # ------------------------------------------------------------------------------------------ trainer
@@ -127,7 +48,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: Config, device: Any = None, *, prior: Any = None, dataset: Any = None):
-        from dreamperp.scene import Scene, resolve_device
+        from dreamperp.scene import Scene
 
         self.cfg = cfg
         self.device = resolve_device(device if device is not None else cfg.device)
@@ -162,8 +83,6 @@ class Trainer:
     # --------------------------------------------------------------------------------- state
     def state_dict(self) -> Dict[str, Any]:
         """Everything needed to continue bit-exactly (RNG states captured now)."""
-        from dreamperp.config import to_yaml
-
         return {
             "step": self.step,
             "config": to_yaml(self.cfg),
@@ -213,7 +132,11 @@ class Trainer:
     # ---------------------------------------------------------------------------------- steps
     def text_losses(self, step: int) -> Tuple[torch.Tensor, Dict[str, Any]]:
         """SDS + regularisers for one batch of random views. Returns (loss, metrics as tensors/values)."""
-        from dreamperp.cameras import camera_rays, sample_cameras, sample_light_positions
+        from dreamperp.cameras import (
+            camera_rays,
+            sample_cameras,
+            sample_light_positions,
+        )
         from dreamperp.scene import choose_shading, render
 
         cfg, lc = self.cfg, self.cfg.loss
@@ -311,7 +234,7 @@ class Trainer:
     def validation_grid(self) -> np.ndarray:
         """uint8 image: columns front, side, back, overhead; rows rgb | normals | opacity (with labels)."""
         from dreamperp.cameras import FIXED_VIEW_NAMES, camera_rays, fixed_views
-        from dreamperp.export.common import eval_background
+        from dreamperp.multiview import eval_background
         from dreamperp.scene import render_chunked
 
         size = self.cfg.trainer.val_size
@@ -320,7 +243,7 @@ class Trainer:
         was_training = self.scene.training
         self.scene.eval()
         try:
-            with _no_rng_side_effects(self.device):
+            with no_rng_side_effects(self.device):
                 bg = eval_background(self.cfg, self.device)
                 out = render_chunked(self.scene, rays_o, rays_d, shading="albedo", bg_color=bg, need_normals=True)
         finally:
@@ -328,37 +251,12 @@ class Trainer:
         opacity = out["opacity"].clamp(0, 1)
         normal = (out["normal"] * 0.5 + 0.5) * opacity + (1.0 - opacity)  # white where empty
         rows = [out["rgb"].clamp(0, 1), normal.clamp(0, 1), opacity.expand(-1, -1, -1, 3)]
-        tiles = torch.stack(rows).cpu().numpy()  # [3, 4, S, S, 3]
-        return compose_grid((tiles * 255.0 + 0.5).astype(np.uint8), list(FIXED_VIEW_NAMES), ["rgb", "normal", "opacity"])
+        tiles = to_uint8(torch.stack(rows))  # [3, 4, S, S, 3]
+        return labeled_grid(tiles, FIXED_VIEW_NAMES, ["rgb", "normal", "opacity"])
 
     def write_validation(self, path: Path) -> Path:
-        from PIL import Image
-
-        grid = self.validation_grid()
-        buf = io.BytesIO()
-        Image.fromarray(grid).save(buf, format="PNG")
-        atomic_write_bytes(path, buf.getvalue())
-        return path
-
-
-def compose_grid(tiles: np.ndarray, col_names: List[str], row_names: List[str], gap: int = 2) -> np.ndarray:
-    """Tiles ``[R, C, S, S, 3]`` uint8 → one image with a header of column names and row names on the left."""
-    from PIL import Image, ImageDraw
-
-    r, c, s = tiles.shape[0], tiles.shape[1], tiles.shape[2]
-    header, left = 14, 50
-    height = header + r * s + (r - 1) * gap
-    width = left + c * s + (c - 1) * gap
-    img = Image.new("RGB", (width, height), (40, 40, 40))
-    for i in range(r):
-        for j in range(c):
-            img.paste(Image.fromarray(tiles[i, j]), (left + j * (s + gap), header + i * (s + gap)))
-    draw = ImageDraw.Draw(img)
-    for j, name in enumerate(col_names):
-        draw.text((left + j * (s + gap) + 2, 1), name[: max(1, s // 6)], fill=(230, 230, 230))
-    for i, name in enumerate(row_names):
-        draw.text((2, header + i * (s + gap) + max(0, s // 2 - 6)), name, fill=(230, 230, 230))
-    return np.asarray(img)
+        """The validation grid as a PNG at ``path`` (atomically)."""
+        return atomic_write_bytes(path, png_bytes(self.validation_grid()))
 
 
 def load_dataset(cfg: Config) -> Any:
@@ -366,175 +264,3 @@ def load_dataset(cfg: Config) -> Any:
     from dreamperp.multiview import load_transforms
 
     return load_transforms(cfg.data.path)
-
-
-# ------------------------------------------------------------------------------------------- loop
-class TrainLoop:
-    """Runs a :class:`Trainer` in a run folder: metrics, progress, validation, checkpoints, signals."""
-
-    def __init__(self, trainer: Trainer, run: RunDir, *, log: Callable[[str], None] = _say):
-        self.trainer = trainer
-        self.run = run
-        self.cfg = trainer.cfg
-        self.log = log
-
-    def save(self) -> Path:
-        """Checkpoint the state after the last complete step."""
-        return save_checkpoint(self.run.ckpt_dir, self.trainer.state_dict(), keep=self.cfg.trainer.keep_checkpoints)
-
-    def validate(self) -> Path:
-        """Validation grid ``val/step-XXXXXX.png`` of the current step."""
-        return self.trainer.write_validation(self.run.val_dir / f"step-{self.trainer.step:06d}.png")
-
-    def _record(self, metrics: Dict[str, Any], it_s: float) -> Dict[str, Any]:
-        t = self.trainer
-        rec: Dict[str, Any] = {"step": t.step}
-        for key, value in metrics.items():
-            if value is None:
-                continue
-            if isinstance(value, torch.Tensor):
-                value = value.detach().float().item() if value.numel() == 1 else value.detach().float().cpu().tolist()
-            rec[key] = value
-        rec["it_s"] = round(it_s, 3)
-        rec["skipped_steps"] = t.skipped_steps
-        rec["lr_grid"] = t.optimizer.param_groups[0]["lr"]
-        return rec
-
-    def fit(self) -> int:
-        """Train to ``trainer.max_steps``. Returns the exit code (0, or 128+signal when interrupted)."""
-        t, tc = self.trainer, self.cfg.trainer
-        max_steps = tc.max_steps
-        if t.step >= max_steps:
-            self.log(f"run is already at step {t.step} >= trainer.max_steps={max_steps}; nothing to do (pass trainer.max_steps=N to train longer)")
-            return 0
-        pbar = None
-        if tc.progress:
-            from tqdm import tqdm
-
-            pbar = tqdm(total=max_steps, initial=t.step, desc="train", unit="it", dynamic_ncols=True, file=sys.stderr)
-        window_start, window_steps = time.perf_counter(), 0
-        stop = StopRequest()
-        with MetricsLogger(self.run.metrics_path, tensorboard=tc.tensorboard) as metrics_log, stop:
-            try:
-                while t.step < max_steps and stop.signum is None:
-                    try:
-                        metrics = t.train_step()
-                    except Exception as err:
-                        if is_out_of_memory(err):
-                            raise DreamperpError(oom_message(self.cfg, t.step)) from None
-                        raise
-                    window_steps += 1
-                    step = t.step
-                    log_now = step % tc.log_every == 0 or step == max_steps
-                    if pbar is not None:
-                        pbar.update(1)
-                        if log_now:
-                            pbar.set_postfix(loss=f"{float(metrics['loss']):.4g}", skipped=t.skipped_steps, refresh=False)
-                    if log_now:
-                        now = time.perf_counter()
-                        it_s = window_steps / max(now - window_start, 1e-9)
-                        window_start, window_steps = now, 0
-                        metrics_log.log(self._record(metrics, it_s))
-                    if t.bad_in_row >= tc.max_bad_steps:
-                        path = self.save()
-                        raise DreamperpError(
-                            f"stopped at step {step}: {t.bad_in_row} steps in a row had a non-finite loss or gradient "
-                            f"(lower trainer.lr_grid/trainer.lr_mlp or guidance.scale, or set guidance.grad_clip); "
-                            f"saved {path}; resume with: dreamperp train --resume {self.run.root}"
-                        )
-                    if step % tc.val_every == 0 and step != max_steps:
-                        self.validate()
-                    if step % tc.checkpoint_every == 0 and step != max_steps:
-                        path = self.save()
-                        if pbar is None:  # batch jobs: a sign of life in the log at every save
-                            self.log(f"step {step}/{max_steps}: loss {float(metrics['loss']):.4g}, {t.skipped_steps} skipped; saved {path.name}")
-            finally:
-                if pbar is not None:
-                    pbar.close()
-            # Still under the signal handlers: a SIGTERM now cannot cut the final save short.
-            path = self.save()
-            if stop.signum is not None:
-                self.log(f"stopped by {stop.name} at step {t.step}; saved {path}; resume with: dreamperp train --resume {self.run.root}")
-                return 128 + int(stop.signum)
-            val = self.validate()
-        self.log(f"finished {t.step} steps ({t.skipped_steps} skipped); checkpoint {path}; validation {val}")
-        if tc.video_at_end:
-            self.export_at_end()
-        return 0
-
-    def export_at_end(self) -> None:
-        """Mesh + turntable video into ``export/`` (helper E's exporters). A failure here is reported,
-        not fatal: the training result is already saved."""
-        t, ex, tc = self.trainer, self.cfg.export, self.cfg.trainer
-        t.scene.eval()
-        try:
-            with _no_rng_side_effects(t.device):
-                try:
-                    from dreamperp.export.mesh import export_mesh
-
-                    for path in export_mesh(t.scene, self.cfg, self.run.export_dir, progress=tc.progress):
-                        self.log(f"wrote {path}")
-                except Exception as err:  # the trained scene is saved; export can be redone with `dreamperp export`
-                    self.log(f"warning: mesh export failed ({type(err).__name__}: {err}); retry with: dreamperp export {self.run.root}")
-                try:
-                    from dreamperp.export.video import write_turntable
-
-                    out = self.run.export_dir / f"turntable.{ex.video_format}"
-                    self.log(f"wrote {write_turntable(t.scene, self.cfg, out, progress=tc.progress)}")
-                except Exception as err:
-                    self.log(f"warning: video failed ({type(err).__name__}: {err}); retry with: dreamperp video {self.run.root}")
-        finally:
-            t.scene.train()
-
-
-# ---------------------------------------------------------------------------------------- command
-def _split_resume_args(args: argparse.Namespace) -> List[str]:
-    """Overrides given with --resume (argparse may have put the first one in ``config``)."""
-    overrides = list(args.overrides or [])
-    if args.config:
-        if "=" in args.config and not Path(args.config).is_file():
-            overrides.insert(0, args.config)
-        else:
-            raise UsageError(f"give either a config file or --resume RUN_DIR, not both (got '{args.config}'); a resumed run uses its own config.yaml")
-    for item in overrides:
-        key = item.split("=", 1)[0].strip()
-        if key not in RESUME_OVERRIDABLE:
-            raise UsageError(
-                f"with --resume only {', '.join(RESUME_OVERRIDABLE)} can be overridden, got '{item}' "
-                f"(other changes would not continue the same run: start a new run instead)"
-            )
-    return overrides
-
-
-def train_command(args: argparse.Namespace) -> int:
-    """``dreamperp train CONFIG [key=value ...]`` or ``dreamperp train --resume RUN_DIR [--fallback] [trainer.max_steps=N]``."""
-    if args.resume:
-        overrides = _split_resume_args(args)
-        run = RunDir.open(args.resume)
-        with run.lock():
-            cfg = run.load_config(overrides)
-            ckpt_path, state = resume_checkpoint(run, fallback=bool(args.fallback))
-            trainer = Trainer(cfg)
-            trainer.load_state_dict(state)
-            if overrides and trainer.step < cfg.trainer.max_steps:  # a limit already passed changes nothing
-                run.write_config(cfg)
-            truncate_metrics(run.metrics_path, trainer.step)
-            _say(f"resuming {run.root} from {ckpt_path.name} (step {trainer.step} of {cfg.trainer.max_steps})")
-            remove_stale_temp_files(run.ckpt_dir)
-            return TrainLoop(trainer, run).fit()
-    else:
-        if args.fallback:
-            raise UsageError("--fallback only applies together with --resume RUN_DIR")
-        config, overrides = args.config, list(args.overrides or [])
-        if config and "=" in config and not Path(config).is_file():
-            config, overrides = None, [config, *overrides]  # `dreamperp train prompt=...` with schema defaults
-        if config is None and not overrides:
-            raise UsageError("give a config file (e.g. configs/tiny.yaml) or --resume RUN_DIR")
-        cfg = load_config(config, overrides)
-        # Build everything (model weights, dataset) before the run folder exists, so a bad model id
-        # or dataset path leaves nothing behind.
-        trainer = Trainer(cfg)
-        run = RunDir.create(cfg)
-        _say(f"run folder {run.root}")
-        with run.lock():
-            return TrainLoop(trainer, run).fit()

@@ -27,8 +27,10 @@ import numpy as np
 import torch
 
 from dreamperp.config import Config
+from dreamperp.device import resolve_device
 from dreamperp.errors import UsageError, first_line
-from dreamperp.train.run import RunDir, atomic_write
+from dreamperp.files import TEMP_MARK, atomic_write
+from dreamperp.runs.folder import RunDir
 
 FORMAT = "dreamperp-checkpoint"
 VERSION = 1
@@ -55,7 +57,7 @@ def remove_stale_temp_files(ckpt_dir: Path) -> None:
     ckpt_dir = Path(ckpt_dir)
     if ckpt_dir.is_dir():
         for p in ckpt_dir.iterdir():
-            if p.name.startswith(_TMP_PREFIX) and ".tmp-" in p.name:
+            if p.name.startswith(_TMP_PREFIX) and TEMP_MARK in p.name:
                 p.unlink(missing_ok=True)
 
 
@@ -119,7 +121,7 @@ def save_checkpoint(ckpt_dir: Path, state: Dict[str, Any], keep: int) -> Path:
     state = {"format": FORMAT, "version": VERSION, **state}
     state["checksum"] = state_checksum(state)
     path = ckpt_dir / checkpoint_name(int(state["step"]))
-    atomic_write(path, lambda f: torch.save(state, f))  # temp name ".step-….tmp-…" is ignored by list_checkpoints
+    atomic_write(path, lambda f: torch.save(state, f))  # the temp name ".step-….tmp…" is ignored by list_checkpoints
     for old in list_checkpoints(ckpt_dir)[:-keep] if keep > 0 else []:
         old.unlink(missing_ok=True)
     return path
@@ -205,7 +207,7 @@ def load_run(run_dir: str | os.PathLike, checkpoint: Optional[str | os.PathLike]
     ``device``: torch device or name (default ``"auto"``: CUDA when available). A folder that is not
     a run, a run without checkpoints, or an unreadable checkpoint → UsageError.
     """
-    from dreamperp.scene import Scene, resolve_device
+    from dreamperp.scene import Scene
 
     run = RunDir.open(run_dir)
     cfg = run.load_config()

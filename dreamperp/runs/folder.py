@@ -1,9 +1,9 @@
-"""Run folders and metrics logging.
+"""Run folders and their metrics log (docs/design.md §8).
 
 A run lives in ``output_dir/<name>/<YYYYmmdd-HHMMSS>-<prompt-slug>/``::
 
     config.yaml      the resolved config (every key, defaults filled in)
-    ckpts/           step-000100.pt, ... (see :mod:`dreamperp.train.checkpoint`)
+    ckpts/           step-000100.pt, ... (see :mod:`dreamperp.runs.checkpoint`)
     val/             step-000100.png validation grids
     export/          meshes and videos
     metrics.jsonl    one JSON object per logged step
@@ -19,13 +19,13 @@ import json
 import math
 import os
 import re
-import tempfile
 import time
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional
 
-from dreamperp.config import Config, to_yaml
+from dreamperp.config import Config, load_config, to_yaml
 from dreamperp.errors import UsageError
+from dreamperp.files import atomic_write_text
 
 CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.jsonl"
@@ -37,56 +37,6 @@ def slugify(text: str, max_len: int = 48) -> str:
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     slug = slug[:max_len].rstrip("-")
     return slug or "run"
-
-
-def default_file_mode() -> int:
-    """0o666 minus the process umask (what a plain ``open(path, "w")`` would create)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> Path:
-    """Call ``write(file)`` on a temp file in ``path``'s folder, then fsync + rename + folder fsync,
-    so ``path`` is either its old content or the complete new one, even after a crash."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    try:
-        os.chmod(tmp, default_file_mode())  # mkstemp makes 0600 files; use what open() would
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-    return path
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """:func:`atomic_write` of ``data``."""
-    return atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """:func:`atomic_write_bytes` for UTF-8 text."""
-    return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class RunDir:
@@ -200,8 +150,6 @@ class RunDir:
 
     def load_config(self, overrides: tuple[str, ...] | list[str] = ()) -> Config:
         """The run's resolved config (plus ``overrides``), validated."""
-        from dreamperp.config import load_config
-
         return load_config(self.config_path, list(overrides), require_prompt=False)
 
 

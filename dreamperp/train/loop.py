@@ -1,0 +1,170 @@
+"""The training loop of a run folder: metrics, progress, validation, checkpoints, signals.
+
+Exit codes of :meth:`TrainLoop.fit` (and so of ``dreamperp train``): 0 finished (or nothing left
+to do); 1 stopped after ``trainer.max_bad_steps`` consecutive non-finite steps, or out of memory
+(a checkpoint is saved in the first case); 130 / 143 stopped by SIGINT (Ctrl-C) / SIGTERM after
+finishing the current step and saving a checkpoint (128 + signal number, the shell convention, so
+schedulers can tell an interrupted run from a finished one). A second Ctrl-C while stopping aborts
+at once. Usage errors (exit code 2) are raised before the loop starts.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional
+
+import torch
+
+from dreamperp.config import Config
+from dreamperp.errors import DreamperpError, is_out_of_memory
+from dreamperp.runs.checkpoint import save_checkpoint
+from dreamperp.runs.folder import MetricsLogger, RunDir
+from dreamperp.train.trainer import Trainer
+
+
+def say(message: str) -> None:
+    print(f"dreamperp train: {message}", file=sys.stderr, flush=True)
+
+
+def oom_message(cfg: Config, step: int) -> str:
+    """What to change when a step runs out of memory."""
+    d, r = cfg.data, cfg.render
+    size = f"{d.width}x{d.height}" + (f", {d.upscale_width}x{d.upscale_height} from step {d.upscale_step}" if d.upscale_step >= 0 else "")
+    if d.type == "multiview":
+        keys = f"data.rays_per_step (now {d.rays_per_step}), render.num_samples (now {r.num_samples}), render.chunk (now {r.chunk})"
+    else:
+        keys = (
+            f"data.width/data.height (now {size}), render.num_samples (now {r.num_samples}), "
+            f"data.batch_size (now {d.batch_size}), guidance.dtype=float16 (now {cfg.guidance.dtype}), "
+            f"render.chunk (now {r.chunk}, validation)"
+        )
+    return f"out of memory at step {step}; reduce {keys}, or free the device"
+
+
+class StopRequest:
+    """SIGINT/SIGTERM handlers that ask the loop to stop after the current step.
+
+    A second SIGINT while stopping raises KeyboardInterrupt (abort now). Only installable from the
+    main thread; elsewhere it is inert.
+    """
+
+    def __init__(self) -> None:
+        self.signum: Optional[int] = None
+        self._previous: Dict[int, Any] = {}
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+
+# ------------------------------------------------------------------------------------------- loop
+class TrainLoop:
+    """Runs a :class:`Trainer` in a run folder: metrics, progress, validation, checkpoints, signals."""
+
+    def __init__(self, trainer: Trainer, run: RunDir, *, log: Callable[[str], None] = say):
+        self.trainer = trainer
+        self.run = run
+        self.cfg = trainer.cfg
+        self.log = log
+
+    def save(self) -> Path:
+        """Checkpoint the state after the last complete step."""
+        return save_checkpoint(self.run.ckpt_dir, self.trainer.state_dict(), keep=self.cfg.trainer.keep_checkpoints)
+
+    def validate(self) -> Path:
+        """Validation grid ``val/step-XXXXXX.png`` of the current step."""
+        return self.trainer.write_validation(self.run.val_dir / f"step-{self.trainer.step:06d}.png")
+
+    def _record(self, metrics: Dict[str, Any], it_s: float) -> Dict[str, Any]:
+        t = self.trainer
+        rec: Dict[str, Any] = {"step": t.step}
+        for key, value in metrics.items():
+            if value is None:
+                continue
+            if isinstance(value, torch.Tensor):
+                value = value.detach().float().item() if value.numel() == 1 else value.detach().float().cpu().tolist()
+            rec[key] = value
+        rec["it_s"] = round(it_s, 3)
+        rec["skipped_steps"] = t.skipped_steps
+        rec["lr_grid"] = t.optimizer.param_groups[0]["lr"]
+        return rec
+
+    def fit(self) -> int:
+        """Train to ``trainer.max_steps``. Returns the exit code (0, or 128+signal when interrupted)."""
+        t, tc = self.trainer, self.cfg.trainer
+        max_steps = tc.max_steps
+        if t.step >= max_steps:
+            self.log(f"run is already at step {t.step} >= trainer.max_steps={max_steps}; nothing to do (pass trainer.max_steps=N to train longer)")
+            return 0
+        pbar = None
+        if tc.progress:
+            from tqdm import tqdm
+
+            pbar = tqdm(total=max_steps, initial=t.step, desc="train", unit="it", dynamic_ncols=True, file=sys.stderr)
+        window_start, window_steps = time.perf_counter(), 0
+        stop = StopRequest()
+        with MetricsLogger(self.run.metrics_path, tensorboard=tc.tensorboard) as metrics_log, stop:
+            try:
+                while t.step < max_steps and stop.signum is None:
+                    try:
+                        metrics = t.train_step()
+                    except Exception as err:
+                        if is_out_of_memory(err):
+                            raise DreamperpError(oom_message(self.cfg, t.step)) from None
+                        raise
+                    window_steps += 1
+                    step = t.step
+                    log_now = step % tc.log_every == 0 or step == max_steps
+                    if pbar is not None:
+                        pbar.update(1)
+                        if log_now:
+                            pbar.set_postfix(loss=f"{float(metrics['loss']):.4g}", skipped=t.skipped_steps, refresh=False)
+                    if log_now:
+                        now = time.perf_counter()
+                        it_s = window_steps / max(now - window_start, 1e-9)
+                        window_start, window_steps = now, 0
+                        metrics_log.log(self._record(metrics, it_s))
+                    if t.bad_in_row >= tc.max_bad_steps:
+                        path = self.save()
+                        raise DreamperpError(
+                            f"stopped at step {step}: {t.bad_in_row} steps in a row had a non-finite loss or gradient "
+                            f"(lower trainer.lr_grid/trainer.lr_mlp or guidance.scale, or set guidance.grad_clip); "
+                            f"saved {path}; resume with: dreamperp train --resume {self.run.root}"
+                        )
+                    if step % tc.val_every == 0 and step != max_steps:
+                        self.validate()
+                    if step % tc.checkpoint_every == 0 and step != max_steps:
+                        path = self.save()
+                        if pbar is None:  # batch jobs: a sign of life in the log at every save
+                            self.log(f"step {step}/{max_steps}: loss {float(metrics['loss']):.4g}, {t.skipped_steps} skipped; saved {path.name}")
+            finally:
+                if pbar is not None:
+                    pbar.close()
+            # Still under the signal handlers: a SIGTERM now cannot cut the final save short.
+            path = self.save()
+            if stop.signum is not None:
+                self.log(f"stopped by {stop.name} at step {t.step}; saved {path}; resume with: dreamperp train --resume {self.run.root}")
+                return 128 + int(stop.signum)
+            val = self.validate()
+        self.log(f"finished {t.step} steps ({t.skipped_steps} skipped); checkpoint {path}; validation {val}")
+        return 0

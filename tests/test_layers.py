@@ -1,0 +1,116 @@
+"""The package's layers import only downwards, and no modules import each other (docs/design.md §1).
+
+Read from the source (every ``import`` statement, including the deferred ones inside functions),
+so a cycle cannot hide behind a local import.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "dreamperp"
+
+# Lowest first. A module may import its own layer and the layers before it, never a later one.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("shared helpers", ("dreamperp", "dreamperp.errors", "dreamperp.device", "dreamperp.files", "dreamperp.images")),
+    ("config", ("dreamperp.config",)),
+    ("cameras and datasets", ("dreamperp.cameras", "dreamperp.multiview")),
+    ("diffusion weights", ("dreamperp.models",)),
+    ("toy world", ("dreamperp.toy",)),
+    ("scene", ("dreamperp.scene",)),
+    ("run folders", ("dreamperp.runs",)),
+    ("guidance", ("dreamperp.guidance",)),
+    ("training", ("dreamperp.train",)),
+    ("export", ("dreamperp.export",)),
+    ("commands", ("dreamperp.sample", "dreamperp.train_command", "dreamperp.batch", "dreamperp.cli", "dreamperp.__main__")),
+]
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def layer_of(module: str) -> int:
+    best, rank = -1, -1
+    for i, (_, prefixes) in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best:
+                best, rank = len(prefix), i
+    return rank
+
+
+def imports_of(path: Path, module: str) -> set[str]:
+    """dreamperp modules that ``path`` imports (``from a import b`` counts ``a.b`` when that is a module)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.split(".")[0] == "dreamperp")
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+            if base.split(".")[0] != "dreamperp":
+                continue
+            found.add(base)
+            for alias in node.names:
+                if (PACKAGE.parent / (base + "." + alias.name).replace(".", "/")).with_suffix(".py").exists():
+                    found.add(f"{base}.{alias.name}")
+    found.discard(module)
+    return found
+
+
+def graph() -> dict[str, set[str]]:
+    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
+    return {m: {i for i in imports_of(p, m) if i in modules and i != "dreamperp"} for m, p in modules.items()}
+
+
+def test_every_module_has_a_layer() -> None:
+    missing = sorted(m for m in graph() if layer_of(m) < 0)
+    assert not missing, f"place these modules in LAYERS: {missing}"
+
+
+def test_imports_point_downwards() -> None:
+    wrong = []
+    for module, deps in sorted(graph().items()):
+        for dep in sorted(deps):
+            if layer_of(dep) > layer_of(module):
+                wrong.append(f"{module} ({LAYERS[layer_of(module)][0]}) imports {dep} ({LAYERS[layer_of(dep)][0]})")
+    assert not wrong, "\n".join(wrong)
+
+
+def test_no_import_cycles() -> None:
+    g = graph()
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> None:
+        state[m] = 1
+        stack.append(m)
+        for d in sorted(g[m]):
+            if state.get(d) == 1:
+                pytest.fail("import cycle: " + " -> ".join(stack[stack.index(d):] + [d]))
+            if d not in state:
+                visit(d)
+        stack.pop()
+        state[m] = 2
+
+    for m in sorted(g):
+        if m not in state:
+            visit(m)
+
+
+def test_the_checker_sees_deferred_imports(tmp_path: Path) -> None:
+    """The reader finds an import inside a function, so a cycle cannot hide behind one."""
+    src = tmp_path / "dreamperp" / "scene" / "x.py"
+    src.parent.mkdir(parents=True)
+    src.write_text("def f():\n    from dreamperp.train.trainer import Trainer\n")
+    assert imports_of(src, "dreamperp.scene.x") == {"dreamperp.train.trainer"}
+    assert layer_of("dreamperp.train.trainer") > layer_of("dreamperp.scene.x")
