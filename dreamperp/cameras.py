@@ -1,6 +1,6 @@
 """Cameras: poses from spherical coordinates, random training views, orbits, and per-pixel rays.
 
-Conventions (DESIGN.md section 2): world right-handed and z-up, object at the origin; the camera
+Conventions (docs/design.md §2): world right-handed and z-up, object at the origin; the camera
 centre for elevation e and azimuth a (degrees) is ``r·(cos e·cos a, cos e·sin a, sin e)``; azimuth 0
 is the front view and azimuths are wrapped to (-180, 180]. Camera-to-world matrices use the
 OpenGL/Blender camera: x right, y up, looking down −z (as in NeRF-synthetic transforms.json).

@@ -12,6 +12,7 @@ import re
 import sys
 from typing import Callable, List, NoReturn, Optional
 
+from dreamperp.config import MESH_FORMATS
 from dreamperp.errors import DreamperpError, is_out_of_memory
 
 OVERRIDES_HELP = "config overrides as key=value, e.g. prompt=\"a corgi\" trainer.max_steps=2000"
@@ -95,7 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="extract a mesh from a run", description="Marching cubes over the density, coloured by albedo; writes RUN_DIR/export/.")
     p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--format", dest="formats", action="append", choices=["glb", "obj", "ply"], help="mesh format (repeatable; default from the run's export.formats)")
+    p.add_argument(
+        "--format", dest="formats", action="append", choices=list(MESH_FORMATS), help="mesh format (repeatable; default from the run's export.formats)"
+    )
     p.add_argument("--resolution", type=int, help="marching-cubes grid resolution (default 256)")
     p.add_argument("--threshold", help="density iso-level: 'auto' or a number")
     p.add_argument("--checkpoint", metavar="PATH", help="checkpoint to export (default: the newest)")
@@ -112,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", metavar="PATH", help="checkpoint to render (default: the newest)")
     p.set_defaults(func=_cmd_video)
 
-    p = sub.add_parser("render", help="render a run at given camera poses", description="Render the trained scene at the poses of a transforms.json, or on a turntable orbit.")
+    p = sub.add_parser(
+        "render", help="render a run at given camera poses", description="Render the trained scene at the poses of a transforms.json, or on a turntable orbit."
+    )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--cameras", metavar="TRANSFORMS", help="NeRF-synthetic transforms.json with the poses to render")
     p.add_argument("--turntable", type=int, metavar="N", help="render N orbit views instead")

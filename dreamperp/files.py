@@ -1,4 +1,4 @@
-"""Atomic file output: a reader (or a resumed run) never sees a half-written file.
+"""Atomic file output (docs/design.md §8): a reader (or a resumed run) never sees a half-written file.
 
 Every file dreamperp writes into a run folder (checkpoints, config, metrics rewrites, validation
 grids, meshes, videos, renders) goes through :func:`atomic_output`: the data is written to a

@@ -3,7 +3,7 @@
 Format: ``camera_angle_x`` (horizontal fov, radians; or ``fl_x`` with ``w``) and ``frames``, each with
 ``file_path`` (relative to the json, with or without extension; ``.png`` is tried when missing) and a
 4×4 (or 3×4) ``transform_matrix`` (camera-to-world, OpenGL/Blender camera: x right, y up, looking down −z;
-z-up world as in DESIGN.md section 2). Images are RGB(A); missing alpha counts as opaque.
+z-up world as in docs/design.md §2). Images are RGB(A); missing alpha counts as opaque.
 ``aabb_scale`` and other keys are ignored.
 """
 
@@ -290,7 +290,9 @@ def load_transforms(path: str | Path, *, load_images: bool = True, source: str =
         if not np.all(np.isfinite(pose)):
             raise UsageError(f"{where} has a non-finite transform_matrix")
         if abs(np.linalg.det(pose[:3, :3])) < 1e-6 or abs(np.linalg.det(pose)) < 1e-9:
-            raise UsageError(f"{where} has a non-invertible transform_matrix (determinant {np.linalg.det(pose):.3g}); a camera pose that is not invertible cannot be used")
+            raise UsageError(
+                f"{where} has a non-invertible transform_matrix (determinant {np.linalg.det(pose):.3g}); a camera pose that is not invertible cannot be used"
+            )
         poses.append(pose)
         paths.append(_image_path(json_path, frame["file_path"]))
         names.append(Path(frame["file_path"]).name)

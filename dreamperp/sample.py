@@ -42,7 +42,10 @@ def scheduler_class(name: str) -> Any:
 
     cls = getattr(diffusers, name, None)
     if not (isinstance(cls, type) and issubclass(cls, SchedulerMixin)):
-        raise ConfigError("sample.scheduler", f"unknown diffusers scheduler {name!r} (e.g. DDIMScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler; empty: the model's own)")
+        raise ConfigError(
+            "sample.scheduler",
+            f"unknown diffusers scheduler {name!r} (e.g. DDIMScheduler, EulerDiscreteScheduler, DPMSolverMultistepScheduler; empty: the model's own)",
+        )
     return cls
 
 

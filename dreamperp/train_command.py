@@ -1,6 +1,6 @@
 """``dreamperp train``: start or resume a run, train it, then export its mesh and video.
 
-The command layer above training and export (docs/design.md §8): it parses the arguments, builds
+The command layer above training and export (docs/design.md §1, §7): it parses the arguments, builds
 the :class:`~dreamperp.train.trainer.Trainer` before any folder exists (a bad model id or dataset
 leaves nothing behind), runs the :class:`~dreamperp.train.loop.TrainLoop` under the run's lock,
 and finally writes ``export/`` with the same code as ``dreamperp export`` and ``dreamperp video``.

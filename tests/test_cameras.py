@@ -1,4 +1,4 @@
-"""Camera conventions (DESIGN.md section 2), sampling, orbits and rays."""
+"""Camera conventions (docs/design.md §2), sampling, orbits and rays."""
 
 from __future__ import annotations
 

@@ -35,7 +35,8 @@ from dreamperp.runs.folder import (
 
 def _state(step: int) -> dict:
     g = torch.Generator().manual_seed(step)
-    return {"step": step, "scene": {"w": torch.randn(64, 3, generator=g), "b": torch.zeros(3, dtype=torch.float16)}, "rng": rng_state(), "prior": {"sega_momentum": None}}
+    scene = {"w": torch.randn(64, 3, generator=g), "b": torch.zeros(3, dtype=torch.float16)}
+    return {"step": step, "scene": scene, "rng": rng_state(), "prior": {"sega_momentum": None}}
 
 
 def test_save_load_roundtrip_names_and_pruning(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Perp-Neg math: the perpendicular projection and the guidance combine (DESIGN.md §3)."""
+"""Perp-Neg math: the perpendicular projection and the guidance combine (docs/design.md §3)."""
 
 from __future__ import annotations
 

@@ -221,7 +221,9 @@ def test_tiny_encoder_option(components: Any, tmp_path: Path) -> None:
 
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        taesd = AutoencoderTiny(encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4, num_encoder_blocks=(1,) * 4, num_decoder_blocks=(1,) * 4)
+        taesd = AutoencoderTiny(
+            encoder_block_out_channels=(8,) * 4, decoder_block_out_channels=(8,) * 4, num_encoder_blocks=(1,) * 4, num_decoder_blocks=(1,) * 4
+        )
     taesd.save_pretrained(tmp_path / "taesd")
     prior = make_prior(components, encoder="tiny", tiny_encoder_model=str(tmp_path / "taesd"))
     images = torch.rand(1, 3, 64, 64, requires_grad=True)

@@ -108,7 +108,8 @@ def test_render_matches_independent_ray_tracer(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setattr(ds, "BOXES", [])
     size = 24
     poses = [(10.0, 30.0), (60.0, -100.0), (-15.0, 170.0)]
-    cams_json = {"camera_angle_x": ds.FOVX, "frames": [{"file_path": f"p{k}", "transform_matrix": ds.look_at_c2w(e, a).tolist()} for k, (e, a) in enumerate(poses)]}
+    frames = [{"file_path": f"p{k}", "transform_matrix": ds.look_at_c2w(e, a).tolist()} for k, (e, a) in enumerate(poses)]
+    cams_json = {"camera_angle_x": ds.FOVX, "frames": frames}
     (tmp_path / "transforms.json").write_text(json.dumps(cams_json))
     cam_file = read_camera_file(tmp_path)
 

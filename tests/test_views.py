@@ -37,7 +37,7 @@ def f_fsb(r: float) -> float:
     return ts(1, 0.5, 0.967, r)
 
 
-# azimuth: (pos_mix front, side, back), (neg front, neg side) — computed by hand from DESIGN.md §3.
+# azimuth: (pos_mix front, side, back), (neg front, neg side) — computed by hand from docs/design.md §3.
 THREESTUDIO = {
     0.0: ((1, 0, 0), (f_fs(1), f_fs(0))),  # front: front weight 4e^-0.5-2.426 ≈ 1.2e-4, side 1.574
     45.0: ((0.5, 0.5, 0), (f_fs(0.5), f_fs(0.5))),

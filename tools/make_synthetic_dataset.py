@@ -5,7 +5,7 @@
 
 writes ``OUT_DIR/train/transforms.json`` and ``OUT_DIR/test/transforms.json`` with RGBA PNGs next
 to them (``r_000.png`` ...), ``camera_angle_x`` and ``transform_matrix`` in the Blender/OpenGL camera
-convention of DESIGN.md section 2 (z-up world; camera x right, y up, looking down −z).
+convention of docs/design.md §2 (z-up world; camera x right, y up, looking down −z).
 
 The object, inside the unit sphere: a two-tone sphere, a small blue sphere, a green box and a red
 plinth, with flat (view-independent) colours, so a radiance field with albedo only can represent it

@@ -42,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         env = {**os.environ, **VARIANTS[name]}
         start = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", *args.pytest_args], cwd=ROOT, env=env, capture_output=True, text=True)
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests", *args.pytest_args]
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - start
         lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
         summary = lines[-1] if lines else proc.stderr.strip()[-200:]

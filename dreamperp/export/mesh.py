@@ -29,12 +29,12 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from dreamperp.config import MESH_FORMATS
 from dreamperp.errors import UsageError
 from dreamperp.export.common import positive_int, scene_device
 from dreamperp.files import atomic_write_bytes
 from dreamperp.runs.checkpoint import load_run
 
-MESH_FORMATS = ("glb", "obj", "ply")
 AUTO_LEVEL = 25.0
 
 # glTF is y-up: (x, y, z)_world → (x, z, −y). Rows are the output axes.

@@ -1,7 +1,7 @@
 """Render a trained run at given poses: ``dreamperp render RUN_DIR --cameras transforms.json --out DIR``.
 
 Poses come from a NeRF-synthetic ``transforms.json`` (``camera_angle_x``, ``frames[].file_path``,
-``frames[].transform_matrix`` in the OpenGL/Blender camera convention, as DESIGN.md section 2);
+``frames[].transform_matrix`` in the OpenGL/Blender camera convention, as docs/design.md §2);
 each view is written to ``DIR/<basename of file_path>.png``. The image size is, in order: ``--size``
 (the width; the height keeps the aspect ratio of the file's images when they exist), the size of
 the first frame's image, the file's top-level ``w``/``h``; otherwise it is an error. With

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dreamperp.config import VIDEO_MODES
 from dreamperp.errors import UsageError
 from dreamperp.export.common import positive_int, scene_device
 from dreamperp.files import atomic_output
@@ -33,7 +34,6 @@ from dreamperp.images import to_uint8
 from dreamperp.multiview import eval_background
 from dreamperp.runs.checkpoint import load_run
 
-VIDEO_MODES = ("rgb", "normal", "depth", "opacity")
 VIDEO_FORMATS = ("mp4", "gif")
 
 

@@ -1,4 +1,4 @@
-"""Perp-Neg: negative prompts projected perpendicular to the positive direction (DESIGN.md §3).
+"""Perp-Neg: negative prompts projected perpendicular to the positive direction (docs/design.md §3).
 
 ``ε̂ = ε_u + s · (Δ_pos − Σ_i w_i · perp(Δ_i, Δ_pos))`` with ``Δ = ε − ε_u``. One implementation,
 used by 2D sampling (:mod:`dreamperp.sample`) and SDS (:mod:`dreamperp.guidance.prior`).

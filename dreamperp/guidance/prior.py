@@ -1,6 +1,6 @@
 """The frozen Stable Diffusion prior: cached view embeddings, one batched guided UNet call, SDS.
 
-Guidance per sample (DESIGN.md §3–5)::
+Guidance per sample (docs/design.md §3–5)::
 
     ε̂ = ε_u + s·(Δ_pos − Σ_k w_k·perp(Δ_k, Δ_pos)) + γ_sega
 

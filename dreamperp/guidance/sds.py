@@ -1,4 +1,4 @@
-"""Score Distillation Sampling pieces (DESIGN.md §5): timesteps, weights, gradient, loss."""
+"""Score Distillation Sampling pieces (docs/design.md §5): timesteps, weights, gradient, loss."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Optional
 import torch
 
 
-def timestep_bounds(t_min: float, t_max: float, num_train_timesteps: int, step: int = 0, t_max_final: Optional[float] = None, t_anneal_steps: int = 0) -> tuple[int, int]:
+def timestep_bounds(
+    t_min: float, t_max: float, num_train_timesteps: int, step: int = 0, t_max_final: Optional[float] = None, t_anneal_steps: int = 0
+) -> tuple[int, int]:
     """Inclusive integer range ``[lo, hi]`` of SDS timesteps at optimisation ``step``.
 
     ``t_max`` moves linearly to ``t_max_final`` over ``t_anneal_steps`` steps (0: no anneal); fractions

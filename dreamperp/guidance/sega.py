@@ -1,4 +1,4 @@
-"""SEGA semantic guidance (DESIGN.md §4): edit-concept terms with thresholding and momentum.
+"""SEGA semantic guidance (docs/design.md §4): edit-concept terms with thresholding and momentum.
 
 One implementation for 2D sampling and SDS. It reproduces, operation for operation, the guidance
 of diffusers' ``SemanticStableDiffusionPipeline`` (0.2x–0.4x), including its quirks:

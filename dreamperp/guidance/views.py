@@ -3,7 +3,7 @@
 Views are indexed in the fixed order (front, side, back, overhead). For a batch of azimuths,
 :func:`perpneg_weights` returns ``pos_mix [B, 4]`` (the positive embedding is
 ``pos_mix @ view_embeddings``) and ``neg_weights [B, 4]`` (the negative of view j has weight
-``neg_weights[:, j]``), both computed without a Python loop over the batch (DESIGN.md §3).
+``neg_weights[:, j]``), both computed without a Python loop over the batch (docs/design.md §3).
 """
 
 from __future__ import annotations

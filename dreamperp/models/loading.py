@@ -148,7 +148,10 @@ def _as_dtype(dtype: Any, device: Any) -> Any:
     if name == "auto":
         return torch.float16 if torch.device(device).type == "cuda" else torch.float32
     # float64 is for tests that must not depend on fp32 GEMM rounding (which varies with CPU and shapes).
-    table = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16, "float64": torch.float64}
+    table = {
+        "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
+        "fp32": torch.float32, "fp16": torch.float16, "float64": torch.float64,
+    }
     if name not in table:
         raise UsageError(f"unknown dtype {dtype!r}: use auto, float32, float16 or bfloat16")
     return table[name]

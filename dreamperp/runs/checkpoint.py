@@ -1,4 +1,4 @@
-"""Checkpoints: full training state, written atomically, verified on load; loading runs for export.
+"""Checkpoints (docs/design.md §8): full training state, written atomically, verified on load; loading a run.
 
 A checkpoint ``ckpts/step-000100.pt`` holds the state after 100 complete steps: the scene's
 ``state_dict`` (field, background, occupancy grid), optimizer, grad scaler, step, every RNG state
@@ -160,7 +160,9 @@ def resume_checkpoint(run: RunDir, fallback: bool = False, log: Callable[[str], 
     remove_stale_temp_files(run.ckpt_dir)
     ckpts = list_checkpoints(run.ckpt_dir)[::-1]
     if not ckpts:
-        raise UsageError(f"run '{run.root}' has no checkpoints in {run.ckpt_dir.name}/ to resume from (it stopped before the first save); start a new run instead")
+        raise UsageError(
+            f"run '{run.root}' has no checkpoints in {run.ckpt_dir.name}/ to resume from (it stopped before the first save); start a new run instead"
+        )
     for i, path in enumerate(ckpts):
         try:
             return path, load_checkpoint(path)

@@ -1,4 +1,4 @@
-"""Multiresolution hash-grid encoding (Instant-NGP) with two back ends behind one interface.
+"""Multiresolution hash-grid encoding (Instant-NGP, docs/design.md §6) with two back ends behind one interface.
 
 * ``tcnn``: ``tinycudann.Encoding`` (fused CUDA kernels, half-precision table), CUDA only.
 * ``torch``: a pure-PyTorch implementation used everywhere else (CPU, or CUDA without tinycudann).

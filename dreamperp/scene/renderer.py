@@ -1,4 +1,4 @@
-"""Volume rendering of a :class:`Scene`: sampling, compositing, shading and regularisers.
+"""Volume rendering of a :class:`Scene` (docs/design.md §6): sampling, compositing, shading and regularisers.
 
 Two samplers feed one compositing/shading routine:
 

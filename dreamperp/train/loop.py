@@ -1,4 +1,4 @@
-"""The training loop of a run folder: metrics, progress, validation, checkpoints, signals.
+"""The training loop of a run folder (docs/design.md §7): metrics, progress, validation, checkpoints, signals.
 
 Exit codes of :meth:`TrainLoop.fit` (and so of ``dreamperp train``): 0 finished (or nothing left
 to do); 1 stopped after ``trainer.max_bad_steps`` consecutive non-finite steps, or out of memory
