@@ -79,7 +79,18 @@ class SceneConfig:
     """The radiance field: hash-grid encoding, density/albedo MLPs and background."""
 
     bound: float = opt(1.0, "Half size of the scene box [-bound, bound]^3 that holds the object.", gt=0)
-    encoding: str = opt("auto", "Hash-grid back end: 'auto' (tinycudann on CUDA when installed, else torch), 'torch' or 'tcnn'.", choices=["auto", "torch", "tcnn"])
+    encoding: str = opt(
+        "auto",
+        "Hash-grid back end: 'auto' (tinycudann on CUDA when installed, else torch), 'torch' or 'tcnn'. "
+        "Loading or resuming a run uses the back end its checkpoint was trained with.",
+        choices=["auto", "torch", "tcnn"],
+    )
+    tcnn_dtype: str = opt(
+        "float32",
+        "tinycudann only: precision of its table and features, 'float32' (default: exact gradients, smooth "
+        "finite-difference normals) or 'float16' (faster, fp16 gradient atomics with a fixed internal loss scale).",
+        choices=["float32", "float16"],
+    )
     levels: int = opt(16, "Hash-grid resolution levels.", min=1)
     features_per_level: int = opt(2, "Features stored per hash-grid level.", choices=[1, 2, 4, 8])
     log2_table_size: int = opt(19, "log2 of the hash table size per level.", min=4, max=24)
@@ -107,6 +118,14 @@ class RenderConfig:
     occ_update_every: int = opt(16, "Update the occupancy grid every n steps (occgrid sampler).", min=1)
     occ_threshold: float = opt(0.01, "Occupancy threshold on opacity per step (occgrid sampler).", gt=0)
     render_step_size: float = opt(0.005, "March step size in scene units (occgrid sampler).", gt=0)
+    alpha_thre: float = opt(
+        0.01,
+        "Occgrid sampler: drop marched samples whose opacity 1 - exp(-sigma*step) is below this before shading "
+        "(each kept sample costs albedo + 6 density evaluations for normals; dropping them biases opacity by a "
+        "little, like occ_threshold does; 0: keep all).",
+        min=0,
+        lt=1,
+    )
     skip_weight: float = opt(0.01, "Dense sampler: per ray, the lowest-weight samples whose weights sum to at most this skip the albedo/normal evaluation (bounds the colour error per pixel; 0: evaluate all).", min=0, max=1)
     albedo_warmup_steps: int = opt(1000, "Steps rendered with albedo only before random lambertian/textureless shading starts.", min=0)
     textureless_prob: float = opt(0.5, "After warm-up: probability of textureless shading (else lambertian).", min=0, max=1)
@@ -209,6 +228,12 @@ class TrainerConfig:
     video_at_end: bool = opt(True, "Write a turntable video and a mesh when training ends.")
     val_size: int = opt(128, "Side in pixels of each view in the validation grid.", min=8)
     grad_scaler: bool = opt(True, "Scale the loss with a GradScaler when the prior runs in float16 on CUDA (guards fp16 gradients through the VAE).")
+    grad_scaler_init: float = opt(
+        1024.0,
+        "Initial GradScaler scale (torch's default 65536 times SDS gradients of 10-100 overflows fp16 in the latent "
+        "backward, skipping the first steps); it halves on an overflow and doubles after 2000 clean steps.",
+        gt=0,
+    )
 
 
 # ------------------------------------------------------------------------------------------- export

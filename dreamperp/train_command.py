@@ -83,8 +83,7 @@ def train_command(args: argparse.Namespace) -> int:
         with run.lock():
             cfg = run.load_config(overrides)
             ckpt_path, state = resume_checkpoint(run, fallback=bool(args.fallback))
-            trainer = Trainer(cfg)
-            trainer.load_state_dict(state)
+            trainer = Trainer.resume(cfg, state)  # with the hash-grid back end of the checkpoint
             if overrides and trainer.step < cfg.trainer.max_steps:  # a limit already passed changes nothing
                 run.write_config(cfg)
             truncate_metrics(run.metrics_path, trainer.step)

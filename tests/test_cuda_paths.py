@@ -19,7 +19,7 @@ from torch import nn
 
 from dreamperp.cameras import camera_rays, orbit_cameras
 from dreamperp.config import Config, load_config
-from dreamperp.errors import UsageError
+from dreamperp.errors import ConfigError, UsageError
 from dreamperp.runs.checkpoint import load_run, save_checkpoint
 from dreamperp.runs.folder import RunDir
 from dreamperp.scene import Background, Field, Scene, render, render_chunked
@@ -66,7 +66,7 @@ def _fake_sampling(num_samples: int, calls: list, empty: bool = False):
         for r in (rays_o, rays_d):
             assert r.shape == (n, 3) and r.dtype == torch.float32 and r.is_contiguous()
         assert t_min.shape == (n,) and t_max.shape == (n,) and t_min.dtype == torch.float32
-        calls.append({"stratified": stratified, "step": render_step_size})
+        calls.append({"stratified": stratified, "step": render_step_size, "alpha_thre": alpha_thre})
         near = torch.clamp(torch.full_like(t_min, near_plane), min=t_min)
         far = torch.clamp(torch.full_like(t_max, far_plane), max=t_max)
         rays = (far > near).nonzero().squeeze(1)
@@ -164,10 +164,10 @@ def test_occupancy_update_state_dict_and_train_mode(monkeypatch):
 
 def test_estimator_choice_follows_nerfacc_cuda_availability(monkeypatch):
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    monkeypatch.setattr(renderer_mod, "nerfacc_cuda_available", lambda: True)
+    monkeypatch.setattr(renderer_mod, "nerfacc_cuda_status", lambda: (True, ""))
     assert renderer_mod.resolve_estimator("auto", cuda) == "occgrid"
     assert renderer_mod.resolve_estimator("auto", cpu) == "dense"
-    monkeypatch.setattr(renderer_mod, "nerfacc_cuda_available", lambda: False)
+    monkeypatch.setattr(renderer_mod, "nerfacc_cuda_status", lambda: (False, "nerfacc's CUDA extension is unavailable (no nvcc)"))
     assert renderer_mod.resolve_estimator("auto", cuda) == "dense"
     with pytest.raises(UsageError, match="nvcc"):
         renderer_mod.resolve_estimator("occgrid", cuda)
@@ -214,3 +214,19 @@ def test_gpu_run_with_pinned_cuda_back_ends_evaluates_on_cpu(tmp_path: Path):
     assert loaded.cfg.render.estimator == "occgrid"  # the run's own config is reported unchanged
     o, d = camera_rays(orbit_cameras(1, 15.0, 1.8, 50.0, 4, 4))
     assert render_chunked(loaded.scene, o, d)["rgb"].shape == (1, 4, 4, 3)
+
+
+def test_alpha_thre_reaches_the_occupancy_grid_sampler(monkeypatch):
+    occ, _, calls = _scenes(monkeypatch)
+    o, d = camera_rays(orbit_cameras(1, 15.0, 1.8, 50.0, 4, 4))
+    assert occ.render_cfg.alpha_thre == 0.01  # the default, as threestudio's
+    render(occ, o, d, train=True)
+    assert calls[-1]["alpha_thre"] == 0.01
+    occ.render_cfg.alpha_thre = 0.05
+    occ.eval()
+    render_chunked(occ, o, d)
+    assert calls[-1]["alpha_thre"] == 0.05
+    cfg = load_config(None, ["prompt=a chair", "render.alpha_thre=0"])
+    assert cfg.render.alpha_thre == 0.0  # 0 keeps every sample
+    with pytest.raises(ConfigError, match="render.alpha_thre"):
+        load_config(None, ["prompt=a chair", "render.alpha_thre=1"])

@@ -191,15 +191,19 @@ class LoadedRun:
     ckpt_path: Path
 
 
-def _evaluable(cfg: Config) -> Config:
-    """``cfg`` with CUDA-only back ends pinned by a GPU run relaxed to 'auto', so evaluation can build
-    the scene elsewhere: 'auto' still picks them where they work; without the occupancy grid the
-    dense sampler renders the same field; a tinycudann grid then fails to load with a clear error."""
+def _evaluable(cfg: Config, scene_state: Dict[str, Any], device: torch.device) -> Config:
+    """``cfg`` for building the scene of ``scene_state`` on ``device`` for evaluation: the hash-grid
+    back end the checkpoint holds (a torch-grid run stays on the torch grid where tinycudann is
+    installed; a tinycudann checkpoint where it cannot run → UsageError), and a pinned occupancy grid
+    relaxed to 'auto' (without it the dense sampler renders the same field)."""
+    from dreamperp.scene import pin_encoding
+
+    cfg = pin_encoding(cfg, scene_state, device)
     render, scene = cfg.render, cfg.scene
     if render.estimator == "occgrid":
         render = replace(render, estimator="auto")
-    if scene.encoding == "tcnn":
-        scene = replace(scene, encoding="auto")
+    if scene.encoding == "tcnn" and not any(k.startswith("field.encoding.grid.") for k in scene_state):
+        scene = replace(scene, encoding="auto")  # no grid in the state (not a real checkpoint): do not insist
     return replace(cfg, render=render, scene=scene)
 
 
@@ -229,7 +233,11 @@ def load_run(run_dir: str | os.PathLike, checkpoint: Optional[str | os.PathLike]
                 raise UsageError(f"{err}; pass --checkpoint {run.ckpt_dir / others[-1]} to use the previous one") from None
         raise
     dev = resolve_device(device if device is not None else "auto")
-    scene = Scene.from_config(_evaluable(cfg), device=dev)
+    try:
+        evaluable = _evaluable(cfg, state["scene"], dev)
+    except UsageError as err:
+        raise UsageError(f"checkpoint '{path}': {err}") from None
+    scene = Scene.from_config(evaluable, device=dev)
     try:
         scene.load_state_dict(state["scene"])
     except RuntimeError as err:  # missing/unexpected keys or shape mismatches: a checkpoint of another run

@@ -1,6 +1,6 @@
 """Multiresolution hash-grid encoding (Instant-NGP, docs/design.md §6) with two back ends behind one interface.
 
-* ``tcnn``: ``tinycudann.Encoding`` (fused CUDA kernels, half-precision table), CUDA only.
+* ``tcnn``: ``tinycudann.Encoding`` (fused CUDA kernels), CUDA only.
 * ``torch``: a pure-PyTorch implementation used everywhere else (CPU, or CUDA without tinycudann).
 
 The torch grid follows Instant-NGP: level ``l`` has resolution
@@ -8,15 +8,30 @@ The torch grid follows Instant-NGP: level ``l`` has resolution
 ``floor(x·res)`` and its feature is the trilinear interpolation of the 8 corner features. A level
 whose ``(res+1)^3`` corners fit the table is indexed densely (no collisions); finer levels use the
 spatial hash ``(x·1 ⊕ y·2654435761 ⊕ z·805459861) mod T``. The table starts uniform(-1e-4, 1e-4).
-Numerically the two back ends differ (tinycudann offsets its grid by half a cell); checkpoints
-therefore record the back end and only load into the same one.
+
+The back ends are not interchangeable: at level ``l`` the torch grid has ``res = floor(base · b^l)``
+cells (``res + 1`` vertices per axis) and samples at ``x·res``, while tinycudann uses the scale
+``s = base · b^l − 1``, ``ceil(s) + 1`` vertices per axis and samples at ``x·s + 0.5`` (a half-cell
+offset). Cell sizes (``1/floor(base·b^l)`` vs ``1/(base·b^l − 1)``) and vertex counts differ by up
+to a cell and the lattices are shifted, so the same table means different features; tinycudann
+keeps its parameters in one flat vector (``...grid.params``), the torch grid in ``...grid.embeddings``.
+**Checkpoints do not cross back ends**: loading and resuming take the back end from the
+checkpoint's keys (:func:`backend_for_checkpoint`), whatever ``scene.encoding`` says, so a
+torch-grid run stays on the torch grid where tinycudann is installed, and a tinycudann checkpoint
+needs tinycudann and CUDA.
+
+tinycudann is built with ``dtype`` ``scene.tcnn_dtype`` (float32 by default: its half-precision
+table has a fixed internal loss scale and fp16 gradient atomics, and its fp16 features make
+finite-difference normals noisy) and with a seed drawn from torch's RNG, so ``seed`` decides its
+initial table as it does the torch grid's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from typing import List, Optional, Tuple
+from typing import Iterable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -51,6 +66,56 @@ def tcnn_available() -> bool:
     except Exception:  # ImportError, or an OSError/RuntimeError from a broken CUDA build
         return False
     return True
+
+
+def tcnn_usable(device: torch.device) -> bool:
+    """Whether a tinycudann grid can be built on ``device``: CUDA, and tinycudann importable."""
+    return device.type == "cuda" and tcnn_available()
+
+
+TCNN_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+_GRID_PREFIX = "field.encoding.grid."
+
+
+def checkpoint_backend(keys: Iterable[str], prefix: str = _GRID_PREFIX) -> Optional[str]:
+    """The back end a scene ``state_dict``'s keys were saved from: ``"tcnn"`` (``<prefix>params``),
+    ``"torch"`` (``<prefix>embeddings``), or None when they hold no hash grid."""
+    names = {k[len(prefix):] for k in keys if k.startswith(prefix)}
+    if "params" in names:
+        return "tcnn"
+    if "embeddings" in names:
+        return "torch"
+    return None
+
+
+def backend_for_checkpoint(keys: Iterable[str], tcnn_ok: bool) -> Optional[str]:
+    """The back end to build for loading a scene ``state_dict`` with ``keys``, given whether a
+    tinycudann grid can be built here (``tcnn_ok``, see :func:`tcnn_usable`).
+
+    A torch-grid checkpoint always gets the torch grid (it runs everywhere, also where tinycudann
+    is installed); a tinycudann one gets tinycudann, or a UsageError where it cannot be built.
+    None: the keys hold no hash grid (keep ``scene.encoding``).
+    """
+    trained = checkpoint_backend(keys)
+    if trained == "tcnn" and not tcnn_ok:
+        raise UsageError(
+            "this checkpoint's hash grid was trained with tinycudann, which needs a CUDA device with tinycudann installed "
+            "and is not usable here; load it on such a machine (hash-grid checkpoints do not cross back ends)"
+        )
+    return trained
+
+
+def backend_mismatch(state_keys: Iterable[str], own_keys: Iterable[str]) -> Optional[str]:
+    """A one-line explanation when a scene ``state_dict`` holds another back end's grid than the
+    scene it is loaded into, else None."""
+    trained, built = checkpoint_backend(state_keys), checkpoint_backend(own_keys)
+    if trained is None or built is None or trained == built:
+        return None
+    name = {"tcnn": "tinycudann", "torch": "pure-PyTorch"}
+    return (
+        f"this checkpoint's hash grid is the {name[trained]} one but the scene was built with the {name[built]} one; "
+        f"build it with scene.encoding={trained} (hash-grid checkpoints do not cross back ends)"
+    )
 
 
 # --------------------------------------------------------------------------------------- autograd
@@ -233,7 +298,8 @@ class HashGridEncoding(nn.Module):
     """One interface over both back ends. ``forward(x [N, 3] in [0,1]^3) -> [N, L·F]`` (float32).
 
     ``backend``: ``"auto"`` (tinycudann when importable and ``device`` is CUDA, else torch),
-    ``"torch"`` or ``"tcnn"`` (UsageError without tinycudann or without CUDA).
+    ``"torch"`` or ``"tcnn"`` (UsageError without tinycudann or without CUDA). ``tcnn_dtype``:
+    ``"float32"`` or ``"float16"``, tinycudann's table and output precision.
     """
 
     def __init__(
@@ -245,9 +311,12 @@ class HashGridEncoding(nn.Module):
         max_resolution: int = 2048,
         backend: str = "auto",
         device: Optional[torch.device | str] = None,
+        tcnn_dtype: str = "float32",
     ):
         super().__init__()
         device = torch.device(device) if device is not None else torch.device("cpu")
+        if tcnn_dtype not in TCNN_DTYPES:
+            raise UsageError(f"scene.tcnn_dtype must be one of {', '.join(TCNN_DTYPES)}, got {tcnn_dtype!r}")
         self.backend = resolve_backend(backend, device)
         self.levels = levels
         self.features_per_level = features_per_level
@@ -262,8 +331,12 @@ class HashGridEncoding(nn.Module):
                 "base_resolution": base_resolution,
                 "per_level_scale": per_level_scale(levels, base_resolution, max_resolution),
             }
-            with torch.cuda.device(device):
-                self.grid: nn.Module = tcnn.Encoding(3, config)
+            # tinycudann seeds its table itself (default 1337 whatever the run's seed): draw its seed from
+            # torch's RNG, seeded by the run, so that `seed` decides the table here too.
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())
+            place = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+            with place:
+                self.grid: nn.Module = tcnn.Encoding(3, config, seed=seed, dtype=TCNN_DTYPES[tcnn_dtype])
         else:
             self.grid = TorchHashGrid(levels, features_per_level, log2_table_size, base_resolution, max_resolution)
         self.to(device)
@@ -280,7 +353,7 @@ class HashGridEncoding(nn.Module):
                 return x.new_zeros(0, self.output_dim, dtype=torch.float32)
             # tinycudann does not clamp: out-of-range points wrap (modulo) onto unrelated cells.
             x = x.clamp(0.0, 1.0)
-        return self.grid(x).float()  # tinycudann's output is half precision by default
+        return self.grid(x).float()  # half precision with tcnn_dtype=float16
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
@@ -288,14 +361,14 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     if backend == "torch":
         return "torch"
     if backend == "tcnn":
-        if device.type != "cuda":
-            raise UsageError("scene.encoding=tcnn needs a CUDA device; use scene.encoding=torch (or auto) on CPU")
-        if not tcnn_available():
+        if not tcnn_usable(device):
+            if device.type != "cuda":
+                raise UsageError("scene.encoding=tcnn needs a CUDA device; use scene.encoding=torch (or auto) on CPU")
             raise UsageError("scene.encoding=tcnn but tinycudann is not installed; install it or use scene.encoding=auto")
         return "tcnn"
     if backend != "auto":
         raise UsageError(f"scene.encoding must be auto, torch or tcnn, got {backend!r}")
-    if device.type == "cuda" and tcnn_available():
+    if tcnn_usable(device):
         logger.info("hash-grid encoding: tinycudann (CUDA)")
         return "tcnn"
     why = "no CUDA device" if device.type != "cuda" else "tinycudann is not installed"

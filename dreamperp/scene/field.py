@@ -63,6 +63,7 @@ class Field(nn.Module):
             max_resolution=cfg.max_resolution,
             backend=cfg.encoding,
             device=device,
+            tcnn_dtype=cfg.tcnn_dtype,
         )
         dim = self.encoding.output_dim
         self.density_net = mlp(dim, cfg.hidden_dim, cfg.num_layers, 1)

@@ -15,7 +15,12 @@ evaluated at the samples that matter: per ray, the lowest-weight samples whose w
 most ``render.skip_weight`` are left out of the colour/normal sums (they still count in opacity and
 depth), which bounds the colour error per pixel by ``skip_weight`` and cuts the CPU cost severalfold
 (finite-difference normals cost six density evaluations per sample). The occgrid path evaluates
-every sample nerfacc keeps. Per ray:
+every sample nerfacc keeps; nerfacc drops the marched samples whose opacity ``1 − exp(−σ·δ)`` is
+below ``render.alpha_thre`` (default 0.01, i.e. σ < ≈2 at the default step 0.005, the same cut
+``render.occ_threshold`` makes per grid cell), which removes the near-transparent samples that
+would each cost an albedo and six density evaluations, at the price of a small downward bias in
+opacity where a ray crosses only thin haze (each dropped sample has opacity < alpha_thre); nerfacc
+caps the threshold at the grid's mean occupancy value (nothing is dropped before the first update). Per ray:
 ``rgb = Σ w_i·c_i + (1 − opacity)·background``, ``opacity = Σ w_i``,
 ``depth = Σ w_i·t_i / max(opacity, 1e-6)``, ``normal = normalize(Σ w_i·n_i)`` (zero where empty).
 Shading of a sample with albedo a, unit normal n and direction l to the point light:
@@ -27,7 +32,8 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Dict, List, Optional
+from dataclasses import replace
+from typing import Any, Dict, List, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -37,41 +43,44 @@ from dreamperp.config import Config, RenderConfig, SceneConfig
 from dreamperp.device import resolve_device
 from dreamperp.errors import UsageError
 from dreamperp.scene.background import Background
+from dreamperp.scene.encoding import backend_for_checkpoint, backend_mismatch, tcnn_usable
 from dreamperp.scene.field import Field
+from dreamperp.scene.nerfacc_cuda import nerfacc_cuda_status
 
 SHADING_MODES = ("albedo", "lambertian", "textureless")
 
 logger = logging.getLogger(__name__)
 
 
-def nerfacc_cuda_available() -> bool:
-    """Whether nerfacc's CUDA kernels load: a prebuilt extension, or a JIT build, which needs nvcc
-    (minutes the first time). Without either nerfacc only prints a warning and fails at first use."""
-    try:
-        from nerfacc.cuda._backend import _C
-    except Exception:  # a failed JIT build raises here
-        return False
-    return _C is not None
-
-
 def resolve_estimator(estimator: str, device: torch.device) -> str:
-    """``render.estimator`` → ``"dense"`` or ``"occgrid"`` for this device."""
+    """``render.estimator`` → ``"dense"`` or ``"occgrid"`` for this device (nerfacc's CUDA kernels are
+    probed once per process, see :mod:`dreamperp.scene.nerfacc_cuda`)."""
     if estimator == "auto":
         if device.type != "cuda":
             return "dense"
-        if nerfacc_cuda_available():
+        ok, why = nerfacc_cuda_status()
+        if ok:
             return "occgrid"
-        logger.warning("nerfacc's CUDA extension is unavailable (no prebuilt build and no nvcc): using the dense sampler")
+        logger.warning("%s: using the dense sampler", why)
         return "dense"
     if estimator == "occgrid":
         if device.type != "cuda":
             raise UsageError("render.estimator=occgrid needs CUDA (nerfacc's marching kernels); use render.estimator=dense or auto on CPU")
-        if not nerfacc_cuda_available():
-            raise UsageError(
-                "render.estimator=occgrid but nerfacc's CUDA extension cannot be loaded or built (it needs nvcc); "
-                "install a CUDA toolkit or use render.estimator=auto"
-            )
+        ok, why = nerfacc_cuda_status()
+        if not ok:
+            raise UsageError(f"render.estimator=occgrid but {why}; install a CUDA toolkit (nvcc) or use render.estimator=auto")
     return estimator
+
+
+def pin_encoding(cfg: Config, scene_state: Mapping[str, Any], device: torch.device) -> Config:
+    """``cfg`` with ``scene.encoding`` set to the hash-grid back end ``scene_state`` was saved from,
+    so that loading or resuming builds the grid the checkpoint holds (docs/design.md §6): a
+    torch-grid run stays on the torch grid where tinycudann is installed. A tinycudann checkpoint
+    where tinycudann cannot run on ``device`` → UsageError."""
+    backend = backend_for_checkpoint(scene_state.keys(), tcnn_ok=tcnn_usable(device))
+    if backend is None or backend == cfg.scene.encoding:
+        return cfg
+    return replace(cfg, scene=replace(cfg.scene, encoding=backend))
 
 
 class Scene(nn.Module):
@@ -79,7 +88,7 @@ class Scene(nn.Module):
 
     ``state_dict()`` holds the hash grid, MLPs, background MLP and the occupancy grid buffers.
     A checkpoint from an occgrid (CUDA) run loads into a dense (CPU) scene and vice versa; the
-    hash-grid back end (torch / tcnn) must match.
+    hash-grid back end (torch / tcnn) must match: build the scene from :func:`pin_encoding`'s config.
     """
 
     def __init__(
@@ -170,14 +179,9 @@ class Scene(nn.Module):
             state = {k: v for k, v in state.items() if not k.startswith("estimator.")}
         elif not any(k.startswith("estimator.") for k in state):
             state.update({k: v for k, v in own.items() if k.startswith("estimator.")})
-        grid_own = {k for k in own if k.startswith("field.encoding.grid.")}
-        grid_new = {k for k in state if k.startswith("field.encoding.grid.")}
-        if grid_new and grid_own and grid_own != grid_new:
-            trained = "tinycudann" if any(k.endswith(".params") for k in grid_new) else "pure PyTorch"
-            raise UsageError(
-                f"this checkpoint's hash grid was trained with the {trained} back end, which this machine "
-                f"does not use; load it where that back end is available (scene.encoding)"
-            )
+        mismatch = backend_mismatch(state.keys(), own.keys())
+        if mismatch is not None:  # build the scene with pin_encoding to avoid this
+            raise UsageError(mismatch)
         return super().load_state_dict(state, strict=strict, assign=assign)
 
 
@@ -334,7 +338,7 @@ def _occgrid_samples(scene: Scene, o: Tensor, d: Tensor, near: Tensor, far: Tens
         t_max=far,
         render_step_size=cfg.render_step_size,
         stratified=train,
-        alpha_thre=0.0,
+        alpha_thre=cfg.alpha_thre,  # nerfacc evaluates sigma_fn anyway (early stopping): the cut is free
         early_stop_eps=1e-4,
     )
     ray_idx = ray_idx.long()

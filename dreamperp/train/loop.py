@@ -106,6 +106,9 @@ class TrainLoop:
             rec[key] = value
         rec["it_s"] = round(it_s, 3)
         rec["skipped_steps"] = t.skipped_steps
+        if t.scaler is not None:  # read on logging steps only: get_scale() syncs with the device
+            rec["scaler_skips"] = t.scaler_skips
+            rec["grad_scale"] = t.scaler.get_scale()
         rec["lr_grid"] = t.optimizer.param_groups[0]["lr"]
         return rec
 
@@ -166,5 +169,6 @@ class TrainLoop:
                 self.log(f"stopped by {stop.name} at step {t.step}; saved {path}; resume with: dreamperp train --resume {self.run.root}")
                 return 128 + int(stop.signum)
             val = self.validate()
-        self.log(f"finished {t.step} steps ({t.skipped_steps} skipped); checkpoint {path}; validation {val}")
+        scaler = f", {t.scaler_skips} grad-scaler skips" if t.scaler is not None else ""
+        self.log(f"finished {t.step} steps ({t.skipped_steps} skipped{scaler}); checkpoint {path}; validation {val}")
         return 0

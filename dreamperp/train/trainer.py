@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
-from dreamperp.config import Config, to_yaml
+from dreamperp.config import Config, TrainerConfig, to_yaml
 from dreamperp.device import no_rng_side_effects, resolve_device
 from dreamperp.files import atomic_write_bytes
 from dreamperp.images import labeled_grid, png_bytes, to_uint8
@@ -38,6 +38,19 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
+
+def new_grad_scaler(device_type: str, init_scale: float) -> torch.amp.GradScaler:
+    """A GradScaler for ``device_type`` starting at ``init_scale`` (torch's other defaults: halve on
+    an overflow, double after 2000 clean steps). ``"cpu"`` stands in for ``"cuda"`` in tests."""
+    return torch.amp.GradScaler(device_type, init_scale=float(init_scale))
+
+
+def grad_scaler_for(tc: TrainerConfig, device: torch.device, prior_dtype: Any) -> Optional[torch.amp.GradScaler]:
+    """The run's GradScaler: with ``trainer.grad_scaler`` when the prior runs in float16 on CUDA,
+    starting at ``trainer.grad_scaler_init``; else None (fp32/bf16 gradients need no scaling)."""
+    if tc.grad_scaler and device.type == "cuda" and prior_dtype == torch.float16:
+        return new_grad_scaler(device.type, tc.grad_scaler_init)
+    return None
 
 
 # ------------------------------------------------------------------------------------------ trainer
@@ -73,12 +86,24 @@ class Trainer:
             if dataset is None:
                 dataset = load_dataset(cfg)
             self.dataset = dataset
-        self.scaler = None
-        if self.prior is not None and self.device.type == "cuda" and tr.grad_scaler and getattr(self.prior, "dtype", None) == torch.float16:
-            self.scaler = torch.amp.GradScaler("cuda")
+        self.scaler = grad_scaler_for(tr, self.device, getattr(self.prior, "dtype", None)) if self.prior is not None else None
         self.step = 0
-        self.skipped_steps = 0
+        self.skipped_steps = 0  # bad steps: non-finite loss or gradient, no update
+        self.scaler_skips = 0  # steps the GradScaler skipped (fp16 overflow at a scale > 1), no update
         self.bad_in_row = 0
+
+    @classmethod
+    def resume(cls, cfg: Config, state: Dict[str, Any], device: Any = None, **kwargs: Any) -> "Trainer":
+        """A trainer continuing from checkpoint ``state``: its scene built with the hash-grid back end
+        the checkpoint holds (:func:`dreamperp.scene.pin_encoding`), then every state restored.
+        ``trainer.cfg`` stays ``cfg`` (the run's config), so its checkpoints say what the first ones say."""
+        from dreamperp.scene import pin_encoding
+
+        dev = resolve_device(device if device is not None else cfg.device)
+        trainer = cls(pin_encoding(cfg, state["scene"], dev), dev, **kwargs)
+        trainer.cfg = cfg  # the back end only matters when the scene is built; the keys record it
+        trainer.load_state_dict(state)
+        return trainer
 
     # --------------------------------------------------------------------------------- state
     def state_dict(self) -> Dict[str, Any]:
@@ -91,7 +116,7 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "prior": self.prior.state_dict() if self.prior is not None else None,
             "rng": rng_state(),
-            "trainer": {"skipped_steps": self.skipped_steps, "bad_in_row": self.bad_in_row},
+            "trainer": {"skipped_steps": self.skipped_steps, "scaler_skips": self.scaler_skips, "bad_in_row": self.bad_in_row},
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -103,6 +128,7 @@ class Trainer:
             self.prior.load_state_dict(state["prior"])
         counters = state.get("trainer") or {}
         self.skipped_steps = int(counters.get("skipped_steps", 0))
+        self.scaler_skips = int(counters.get("scaler_skips", 0))
         self.bad_in_row = int(counters.get("bad_in_row", 0))
         self.step = int(state["step"])
         set_rng_state(state["rng"])
@@ -184,7 +210,14 @@ class Trainer:
 
     def train_step(self) -> Dict[str, Any]:
         """Run step ``self.step``: loss, backward, and an optimizer update unless the loss or a
-        gradient is non-finite (then the step is skipped and counted). Returns its metrics."""
+        gradient is non-finite. Returns its metrics.
+
+        A step without an update is a *scaler skip* (``scaler_skips``) when the GradScaler's scale
+        went down on it with a finite loss from a scale above 1: the routine fp16 overflow that
+        finds the scale. Any other is a *bad step* (``skipped_steps``; ``trainer.max_bad_steps`` in
+        a row stop the run). Only steps without an update read the scale on the host; the others
+        keep the one host sync of the finite check.
+        """
         step = self.step
         self.scene.train()
         losses = self.text_losses if self.mode == "text" else self.multiview_losses
@@ -197,24 +230,25 @@ class Trainer:
             loss.backward()
         grads = [p.grad for p in self.params if p.grad is not None]
         grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros((), device=self.device)
-        if bool(torch.isfinite(loss.detach()) & torch.isfinite(grad_norm)):  # one host sync per step
+        finite_loss = torch.isfinite(loss.detach())
+        skipped = not bool(finite_loss & torch.isfinite(grad_norm))  # one host sync per step
+        if not skipped:
             if self.scaler is not None:
                 self.scaler.step(self.optimizer)
             else:
                 self.optimizer.step()
             self.bad_in_row = 0
-            skipped = False
-        else:
-            skipped = True
-            self.skipped_steps += 1
-            # With a grad scaler, an fp16 overflow is routine (the scale drops); only a bad loss
-            # or an overflow at a scale that cannot explain it counts towards stopping.
-            scaler_overflow = self.scaler is not None and bool(torch.isfinite(loss.detach())) and self.scaler.get_scale() > 1.0
-            if not scaler_overflow:
+        scale_before = self.scaler.get_scale() if self.scaler is not None and skipped else None
+        if self.scaler is not None:
+            self.scaler.update()  # halves the scale when unscale_ found inf/NaN gradients
+        if skipped:
+            dropped = self.scaler is not None and scale_before is not None and scale_before > 1.0 and self.scaler.get_scale() < scale_before
+            if dropped and bool(finite_loss):  # an overflow the scale explains
+                self.scaler_skips += 1
+            else:
+                self.skipped_steps += 1
                 self.bad_in_row += 1
             self._sanitize_prior_state()
-        if self.scaler is not None:
-            self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scene.update_occupancy(step)
         self.step = step + 1
