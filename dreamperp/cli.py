@@ -20,7 +20,7 @@ OVERRIDES_HELP = "config overrides as key=value, e.g. prompt=\"a corgi\" trainer
 # What to lower when a command runs out of memory, per subcommand.
 OOM_HINTS = {
     "train": "data.width/data.height, render.num_samples, data.batch_size or render.chunk",
-    "export": "--resolution",
+    "export": "--resolution or --texture-size",
     "video": "--size",
     "render": "--size",
     "sample": "sample.height/sample.width or sample.num_images",
@@ -94,13 +94,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fallback", action="store_true", help="with --resume: if the newest checkpoint is corrupt, use the previous good one")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("export", help="extract a mesh from a run", description="Marching cubes over the density, coloured by albedo; writes RUN_DIR/export/.")
+    p = sub.add_parser(
+        "export",
+        help="extract a mesh from a run",
+        description="Marching cubes over the density, decimated, UV-unwrapped with a baked albedo texture (or vertex colours); writes RUN_DIR/export/.",
+    )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument(
         "--format", dest="formats", action="append", choices=list(MESH_FORMATS), help="mesh format (repeatable; default from the run's export.formats)"
     )
     p.add_argument("--resolution", type=int, help="marching-cubes grid resolution (default 256)")
-    p.add_argument("--threshold", help="density iso-level: 'auto' or a number")
+    p.add_argument("--threshold", help="density iso-level: 'auto' (min(25, half the peak density); printed) or a number")
+    p.add_argument("--faces", type=int, help="decimate to at most N faces, 0 keeps all (default from export.faces: 50000)")
+    p.add_argument("--texture", choices=["on", "off"], help="glb/obj: baked albedo texture (on) or vertex colours (off); default from export.texture: on")
+    p.add_argument("--texture-size", dest="texture_size", type=int, help="texture width = height, a power of two up to 8192 (default from export.texture_size: 1024)")
     p.add_argument("--checkpoint", metavar="PATH", help="checkpoint to export (default: the newest)")
     p.set_defaults(func=_cmd_export)
 

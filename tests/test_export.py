@@ -84,7 +84,8 @@ RADIUS = 0.45
 @pytest.fixture(scope="module")
 def sphere_meshes(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     out = tmp_path_factory.mktemp("mesh")
-    return export_mesh(analytic_scene(((CENTER, RADIUS),)), small_config(), out, ["glb", "obj", "ply"], progress=False)
+    # vertex colours (--texture off); the textured path: tests/test_export_texture.py
+    return export_mesh(analytic_scene(((CENTER, RADIUS),)), small_config(texture=False), out, ["glb", "obj", "ply"], progress=False)
 
 
 def test_sphere_mesh_bounds_watertight_and_coloured(sphere_meshes: list[Path]) -> None:
@@ -209,11 +210,12 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_cli_export_writes_meshes(run_dir: Path, capsys: pytest.CaptureFixture) -> None:
-    assert main(["export", str(run_dir), "--format", "glb", "--format", "ply", "--resolution", "32"]) == 0
+    assert main(["export", str(run_dir), "--format", "glb", "--format", "ply", "--resolution", "32", "--texture-size", "64"]) == 0
     printed = capsys.readouterr().out.split()
     assert printed == [str(run_dir / "export" / "mesh.glb"), str(run_dir / "export" / "mesh.ply")]
     (mesh,) = trimesh.load(run_dir / "export" / "mesh.glb").geometry.values()
-    assert mesh.visual.kind == "vertex" and len(mesh.faces) > 100
+    assert mesh.visual.kind == "texture" and len(mesh.faces) > 100  # glb is textured by default
+    assert trimesh.load(run_dir / "export" / "mesh.ply", process=False).visual.kind == "vertex"
     # the blob: σ = softplus(mlp + 10·(1 − |x|/0.5)), cut at half its peak (≈ 5) → radius ≈ 0.25
     radii = np.linalg.norm(mesh.vertices, axis=1)
     assert 0.15 < radii.mean() < 0.35

@@ -1,0 +1,210 @@
+"""UV atlas (xatlas) and albedo texture bake without a GPU rasterizer.
+
+Atlas: ``xatlas`` on the decimated mesh, packed for the texture size with a few texels of padding
+between charts. Left to itself, xatlas grows a few huge charts on a smooth closed surface and
+parameterising them dominates its run time (20–40 s for 50k faces on a 2-core CPU); capping a
+chart at 1/128 of the surface area (:data:`CHARTS_PER_SURFACE`) gives ~200 charts in ≈ 3 s with
+the same texel utilisation (~60 %). The run time still grows faster than linearly with the face
+count (≈ 35 s for 150k), so texturing refuses meshes above :data:`MAX_ATLAS_FACES` instead of
+running for minutes: decimate first (``--faces``) or export vertex colours.
+
+Bake, all in PyTorch on the scene's device (the same code runs on CUDA):
+
+1. Rasterize every triangle in UV space at once: each face's texel bounding box is enumerated
+   with ``repeat_interleave`` (no per-texel or per-face Python loop) and a texel belongs to the face
+   whose triangle holds its centre (barycentric coordinates >= 0). A face too thin to hold any
+   texel centre still gets the texels under its corners and centroid, so every face owns texels.
+2. The texel's 3D point is the barycentric combination of the face's corners; the albedo is
+   queried there in chunks.
+3. Charts are padded: ``padding`` rounds of dilation copy the mean of the filled 8-neighbours
+   into each empty texel next to a chart, so bilinear filtering and the first mip levels never mix
+   in unbaked texels across a seam; texels further from any chart get the mean colour (not black),
+   so coarse mip levels show no dark seams either.
+
+Image convention: row 0 is the top of the image and ``v`` points up (OBJ/trimesh), so texel
+``(row, col)`` has its centre at ``u = (col + 0.5) / S``, ``v = 1 − (row + 0.5) / S``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dreamperp.errors import UsageError
+
+MAX_ATLAS_FACES = 200_000
+CHARTS_PER_SURFACE = 128  # a chart covers at most this fraction (1/N) of the surface area
+ATLAS_PADDING = 4  # texels between charts; the dilation fills as many
+TEXTURE_SIZES = tuple(2**k for k in range(4, 14))  # 16 … 8192
+
+
+def check_texture_size(size: int, flag: str = "--texture-size (export.texture_size)") -> int:
+    """``size`` if it is a power of two in [16, 8192], else a UsageError naming ``flag``."""
+    if size is None or int(size) != size or int(size) not in TEXTURE_SIZES:
+        raise UsageError(f"{flag} must be a power of two from {TEXTURE_SIZES[0]} to {TEXTURE_SIZES[-1]}, got {size}")
+    return int(size)
+
+
+def uv_atlas(vertices: np.ndarray, faces: np.ndarray, size: int, padding: int = ATLAS_PADDING) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """xatlas charts packed for a ``size²`` texture.
+
+    ``vertices [V, 3]``, ``faces [F, 3]`` → ``vmapping [V']`` (the input vertex of each atlas
+    vertex; seams split vertices), ``faces [F, 3]`` into the atlas vertices (same face order) and
+    ``uv [V', 2]`` in [0, 1]. Raises UsageError above :data:`MAX_ATLAS_FACES` faces.
+    """
+    if len(faces) > MAX_ATLAS_FACES:
+        raise UsageError(
+            f"a texture atlas for {len(faces)} faces would take minutes; decimate to at most {MAX_ATLAS_FACES} faces with "
+            f"--faces (export.faces), or export vertex colours with --texture off (export.texture=false)"
+        )
+    import xatlas
+
+    atlas = xatlas.Atlas()
+    atlas.add_mesh(np.ascontiguousarray(vertices, dtype=np.float32), np.ascontiguousarray(faces, dtype=np.uint32))
+    chart_options = xatlas.ChartOptions()  # otherwise defaults: one chart-growing iteration, the fast setting
+    tri = np.asarray(vertices, dtype=np.float64)[np.asarray(faces)]
+    area = 0.5 * float(np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1).sum())
+    chart_options.max_chart_area = area / CHARTS_PER_SURFACE
+    pack_options = xatlas.PackOptions()
+    pack_options.resolution = int(size)  # texels per unit estimated to fill about size × size
+    pack_options.padding = int(padding)
+    pack_options.bilinear = True  # leave a texel around charts for bilinear filtering
+    atlas.generate(chart_options, pack_options)
+    if atlas.atlas_count != 1:
+        raise RuntimeError(f"xatlas produced {atlas.atlas_count} atlases, expected one")
+    vmapping, atlas_faces, uv = atlas[0]
+    return vmapping.astype(np.int64), atlas_faces.astype(np.int64), np.clip(uv.astype(np.float64), 0.0, 1.0)
+
+
+def _texel_coords(uv: Tensor, size: int) -> Tensor:
+    """UV ``[..., 2]`` → continuous texel coordinates (x = column, y = row) whose integers are texel centres."""
+    return torch.stack([uv[..., 0] * size - 0.5, (1.0 - uv[..., 1]) * size - 0.5], -1)
+
+
+@torch.no_grad()
+def rasterize_uv(uv: Tensor, faces: Tensor, size: int, max_candidates: int = 1 << 22) -> tuple[Tensor, Tensor]:
+    """Which face covers each texel centre, and where.
+
+    ``uv [V, 2]`` (float), ``faces [F, 3]`` (long) on one device → ``face_id [S, S]`` (long, −1 where
+    no face) and ``bary [S, S, 3]`` (float, barycentric coordinates in that face). Faces are handled
+    in groups whose bounding boxes hold at most ``max_candidates`` texels together.
+    """
+    device = uv.device
+    p = _texel_coords(uv.double(), size)[faces]  # [F, 3, 2]
+    lo = p.amin(1).ceil().clamp(0, size - 1).long()
+    hi = p.amax(1).floor().clamp(0, size - 1).long()
+    w, h = (hi - lo + 1).clamp(min=0).unbind(-1)
+    inside_box = (p.amax(1).floor() >= 0).all(-1) & (p.amin(1).ceil() <= size - 1).all(-1)
+    count = torch.where(inside_box, w * h, torch.zeros_like(w))
+    e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
+    area = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]  # twice the signed area
+    count = torch.where(area.abs() > 1e-12, count, torch.zeros_like(count))
+
+    face_id = torch.full((size * size,), -1, dtype=torch.long, device=device)
+    bary = torch.zeros(size * size, 3, dtype=torch.float32, device=device)
+    ends = count.cumsum(0)
+    start_face, n_faces = 0, len(faces)
+    while start_face < n_faces:
+        base = int(ends[start_face - 1]) if start_face else 0
+        stop = int(torch.searchsorted(ends, torch.tensor(base + max_candidates, device=device), right=True))
+        stop = max(stop, start_face + 1)
+        ids = torch.arange(start_face, stop, device=device)
+        cnt = count[ids]
+        total = int(cnt.sum())
+        start_face = stop
+        if total == 0:
+            continue
+        f = torch.repeat_interleave(ids, cnt)  # the face of each candidate texel
+        k = torch.arange(total, device=device) - torch.repeat_interleave(cnt.cumsum(0) - cnt, cnt)
+        x = lo[f, 0] + k % w[f]
+        y = lo[f, 1] + torch.div(k, w[f], rounding_mode="floor")
+        q = torch.stack([x, y], -1).double() - p[f, 0]
+        l1 = (q[:, 0] * e2[f, 1] - q[:, 1] * e2[f, 0]) / area[f]
+        l2 = (e1[f, 0] * q[:, 1] - e1[f, 1] * q[:, 0]) / area[f]
+        lam = torch.stack([1.0 - l1 - l2, l1, l2], -1)
+        keep = (lam >= -1e-9).all(-1)
+        texel = (y * size + x)[keep]
+        face_id[texel] = f[keep]  # a texel on a shared edge: either face is right
+        bary[texel] = lam[keep].float()
+
+    # Faces that own no texel centre (slivers, sub-texel triangles): claim the free texels under
+    # their corners and centroid, with those points' barycentric coordinates (clamped into the face).
+    owned = torch.zeros(n_faces, dtype=torch.bool, device=device)
+    owned[face_id[face_id >= 0]] = True
+    orphans = (~owned).nonzero().squeeze(1)
+    if len(orphans):
+        corners = torch.eye(3, dtype=torch.float64, device=device)
+        points = torch.cat([corners, torch.full((1, 3), 1.0 / 3.0, dtype=torch.float64, device=device)])  # [4, 3] barycentric
+        for lam in points:
+            xy = torch.einsum("k,fkd->fd", lam, p[orphans]).round().long().clamp(0, size - 1)
+            texel = xy[:, 1] * size + xy[:, 0]
+            free = face_id[texel] < 0
+            face_id[texel[free]] = orphans[free]
+            bary[texel[free]] = lam.float()
+    return face_id.view(size, size), bary.view(size, size, 3)
+
+
+def _box3(x: Tensor) -> Tensor:
+    """Sum over each 3 × 3 neighbourhood of ``x [C, S, S]`` (zero outside), as two separable shifted adds."""
+    size_y, size_x = x.shape[-2:]
+    p = torch.nn.functional.pad(x, (1, 1, 1, 1))
+    rows = p[..., 0:size_x] + p[..., 1 : size_x + 1] + p[..., 2 : size_x + 2]
+    return rows[..., 0:size_y, :] + rows[..., 1 : size_y + 1, :] + rows[..., 2 : size_y + 2, :]
+
+
+@torch.no_grad()
+def dilate(image: Tensor, mask: Tensor, iterations: int) -> tuple[Tensor, Tensor]:
+    """Grow the filled region of ``image [S, S, C]`` (``mask [S, S]`` bool) by ``iterations`` texels.
+
+    Each round sets every empty texel with a filled 8-neighbour to the mean of those neighbours.
+    Returns the new image and mask.
+    """
+    m = mask[None].float()  # [1, S, S]
+    img = image.permute(2, 0, 1).float() * m  # [C, S, S], zero where empty
+    for _ in range(iterations):
+        sums = _box3(torch.cat([img, m]))
+        grow = (sums[-1:] > 0) & (m == 0)
+        if not bool(grow.any()):
+            break
+        img = torch.where(grow, sums[:-1] / sums[-1:].clamp(min=1), img)
+        m = torch.where(grow, torch.ones_like(m), m)
+    return img.permute(1, 2, 0), m[0] > 0
+
+
+@torch.no_grad()
+def bake_albedo(
+    albedo: Callable[[Tensor], Tensor],
+    vertices: np.ndarray,
+    faces: np.ndarray,
+    uv: np.ndarray,
+    size: int,
+    device: torch.device | str = "cpu",
+    *,
+    padding: int = ATLAS_PADDING,
+    chunk: int = 1 << 17,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Bake ``albedo(points [N, 3]) -> [N, 3]`` in [0, 1] into a ``size²`` texture.
+
+    ``vertices [V, 3]``, ``faces [F, 3]`` and ``uv [V, 2]`` describe the atlas mesh (one UV per
+    vertex). Returns ``texture [S, S, 3]`` uint8 (row 0 at the top), ``covered [S, S]`` (texels
+    whose centre a face holds, or a sliver face claimed) and ``filled [S, S]`` (covered or reached
+    by the chart padding; all other texels hold the mean colour).
+    """
+    device = torch.device(device)
+    v = torch.from_numpy(np.asarray(vertices, dtype=np.float32)).to(device)
+    f = torch.from_numpy(np.asarray(faces, dtype=np.int64)).to(device)
+    face_id, bary = rasterize_uv(torch.from_numpy(np.asarray(uv, dtype=np.float64)).to(device), f, size)
+    covered = face_id >= 0
+    fid, lam = face_id[covered], bary[covered]
+    points = torch.einsum("nk,nkd->nd", lam, v[f[fid]])
+    colours = torch.cat([albedo(c).float() for c in points.split(chunk)], 0) if len(points) else torch.zeros(0, 3, device=device)
+    image = torch.zeros(size, size, 3, dtype=torch.float32, device=device)
+    image[covered] = torch.nan_to_num(colours.to(device), nan=0.0).clamp(0.0, 1.0)
+    image, filled = dilate(image, covered, padding)
+    if bool(covered.any()):
+        image[~filled] = image[covered].mean(0)
+    texture = (image * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+    return texture, covered.cpu().numpy(), filled.cpu().numpy()
