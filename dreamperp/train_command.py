@@ -44,7 +44,8 @@ def export_at_end(trainer: Trainer, run: RunDir, log: Callable[[str], None] = sa
     try:
         with no_rng_side_effects(t.device):
             try:
-                for path in export_mesh(t.scene, cfg, run.export_dir, progress=tc.progress):
+                # export.faces / export.texture / export.texture_size come from cfg, as for `dreamperp export`
+                for path in export_mesh(t.scene, cfg, run.export_dir, progress=tc.progress, log=log):
                     log(f"wrote {path}")
             except Exception as err:  # the trained scene is saved; export can be redone with `dreamperp export`
                 log(f"warning: mesh export failed ({type(err).__name__}: {err}); retry with: dreamperp export {run.root}")

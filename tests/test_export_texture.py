@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import trimesh
+from test_export import AnalyticField, analytic_scene, make_run, small_config
 
 from dreamperp.cli import main
 from dreamperp.errors import UsageError
@@ -20,7 +21,6 @@ from dreamperp.export import texture as texture_mod
 from dreamperp.export.decimate import decimate, is_closed
 from dreamperp.export.mesh import build_meshes, density_grid, export_mesh, extract_surface, inside_sphere_mask, mesh_files, surface_grid
 from dreamperp.export.texture import bake_albedo, dilate, rasterize_uv, uv_atlas
-from test_export import AnalyticField, analytic_scene, make_run, small_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CENTER = np.array([0.1, 0.2, 0.3])
@@ -181,7 +181,9 @@ def _gltf_validator() -> tuple[str, str]:
 def test_glb_passes_the_khronos_gltf_validator(exported: Path) -> None:
     node, module = _gltf_validator()
     for path in (exported / "mesh.glb", exported / "plain.glb"):  # textured, and vertex colours (--texture off)
-        done = subprocess.run([node, str(ROOT / "tools" / "validate_gltf.js"), str(path), module], capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            [node, str(ROOT / "tools" / "validate_gltf.js"), str(path), module], capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0, done.stderr
         report = json.loads(done.stdout)
         errors = [m for m in report["issues"]["messages"] if m["severity"] == 0]

@@ -70,6 +70,7 @@ def test_tiny_run_end_to_end(tiny_model_dir: Path, tmp_path: Path, capsys: pytes
     overrides = small(
         tiny_model_dir, out, trainer__max_steps=12, trainer__checkpoint_every=6, trainer__val_every=6,
         render__albedo_warmup_steps=6, export__resolution=32, export__video_frames=4, export__video_size=32,
+        export__faces=300, export__texture_size=64,
     )
     assert main(["train", TINY, *overrides]) == 0
     err = capsys.readouterr().err
@@ -93,7 +94,9 @@ def test_tiny_run_end_to_end(tiny_model_dir: Path, tmp_path: Path, capsys: pytes
     import trimesh
 
     mesh = trimesh.load(run / "export" / "mesh.glb", force="mesh")
-    assert len(mesh.faces) > 0
+    assert 0 < len(mesh.faces) <= 300 and mesh.visual.kind == "texture"  # export.faces, export.texture(_size) used
+    assert mesh.visual.material.baseColorTexture.size == (64, 64)
+    assert "threshold auto = " in err
     assert (run / "export" / "turntable.mp4").stat().st_size > 0
     loaded = load_run(run)
     assert loaded.step == 12 and loaded.ckpt_path.name == "step-000012.pt"

@@ -41,7 +41,10 @@ def decimate(vertices: np.ndarray, faces: np.ndarray, max_faces: int) -> tuple[n
     best = None
     for agg in (7.0, 3.0):  # library default first; lower is slower but collapses more carefully
         v, f = fast_simplification.simplify(
-            np.ascontiguousarray(vertices, dtype=np.float64), np.ascontiguousarray(faces, dtype=np.int32), target_count=int(max_faces), agg=agg
+            np.ascontiguousarray(vertices, dtype=np.float64),
+            np.ascontiguousarray(faces, dtype=np.int32),
+            target_count=int(max_faces),
+            agg=agg,
         )
         v, f = _drop_degenerate(v, np.asarray(f, dtype=np.int64))
         if len(f) > max_faces:  # the target is a goal for the library, the budget is a promise

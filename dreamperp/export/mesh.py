@@ -39,7 +39,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
 import torch
@@ -97,7 +97,13 @@ def _density_at(scene: Any, bound: float, mask: np.ndarray, out: np.ndarray, *, 
 
 @torch.no_grad()
 def surface_grid(
-    scene: Any, bound: float, inside: np.ndarray, threshold: Optional[float], *, progress: bool = False, coarse_to_fine: Optional[bool] = None
+    scene: Any,
+    bound: float,
+    inside: np.ndarray,
+    threshold: Optional[float],
+    *,
+    progress: bool = False,
+    coarse_to_fine: Optional[bool] = None,
 ) -> tuple[np.ndarray, float]:
     """The density grid marching cubes needs and the iso-level (see the module docstring).
 
@@ -123,7 +129,8 @@ def surface_grid(
     for _ in range(4):
         level = choose_threshold(grid, known, bound, threshold)
         corners = grid[np.ix_(idx, idx, idx)]
-        shifted = [corners[a : len(idx) - 1 + a, b : len(idx) - 1 + b, c : len(idx) - 1 + c] for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+        n = len(idx) - 1  # coarse cells per axis
+        shifted = [corners[a : n + a, b : n + b, c : n + c] for a in (0, 1) for b in (0, 1) for c in (0, 1)]
         cmax, cmin = np.maximum.reduce(shifted), np.minimum.reduce(shifted)
         active = binary_dilation((cmax >= BAND_LOW * level) & (cmin < level), structure=np.ones((3, 3, 3), dtype=bool))
         need = active[np.ix_(cell_of, cell_of, cell_of)] & inside & ~known
@@ -234,7 +241,13 @@ class _Stage:
 
 @torch.no_grad()
 def extract_surface(
-    scene: Any, bound: float, resolution: int = 256, threshold: Optional[float] = None, min_component_ratio: float = 0.05, *, progress: bool = False
+    scene: Any,
+    bound: float,
+    resolution: int = 256,
+    threshold: Optional[float] = None,
+    min_component_ratio: float = 0.05,
+    *,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Marching cubes of ``scene.density`` at ``threshold`` (None: auto), floaters dropped.
 
@@ -348,10 +361,11 @@ def build_meshes(
                 name="albedo", baseColorTexture=Image.fromarray(image), metallicFactor=0.0, roughnessFactor=1.0
             )
             visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
-            textured = trimesh.Trimesh(vertices=atlas_vertices, faces=atlas_faces, vertex_normals=normals[vmapping], visual=visual, process=False)
+            textured = trimesh.Trimesh(atlas_vertices, atlas_faces, vertex_normals=normals[vmapping], visual=visual, process=False)
     if vertex_colours:
         with timings.stage("bake"):
-            coloured = trimesh.Trimesh(vertices=vertices, faces=tris, vertex_normals=normals, vertex_colors=vertex_albedo(scene, vertices), process=False)
+            colours = vertex_albedo(scene, vertices)
+            coloured = trimesh.Trimesh(vertices, tris, vertex_normals=normals, vertex_colors=colours, process=False)
     return ExportedMesh(coloured, textured, level, faces_before, timings, filled)
 
 
@@ -376,7 +390,8 @@ def mesh_files(mesh: "trimesh.Trimesh", fmt: str, name: str = "mesh") -> Dict[st
         simple = trimesh.visual.material.SimpleMaterial(  # white Kd: viewers multiply it with map_Kd
             name=name, image=image, diffuse=(255, 255, 255, 255), ambient=(255, 255, 255, 255), specular=(0, 0, 0, 255)
         )
-        plain = trimesh.Trimesh(mesh.vertices, mesh.faces, visual=trimesh.visual.TextureVisuals(uv=mesh.visual.uv, material=simple), process=False)
+        visual = trimesh.visual.TextureVisuals(uv=mesh.visual.uv, material=simple)
+        plain = trimesh.Trimesh(mesh.vertices, mesh.faces, visual=visual, process=False)
         text, extra = trimesh.exchange.obj.export_obj(
             plain, include_normals=False, include_texture=True, return_texture=True, mtl_name=f"{name}.mtl", header=None
         )
