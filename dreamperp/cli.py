@@ -107,7 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", help="density iso-level: 'auto' (min(25, half the peak density); printed) or a number")
     p.add_argument("--faces", type=int, help="decimate to at most N faces, 0 keeps all (default from export.faces: 50000)")
     p.add_argument("--texture", choices=["on", "off"], help="glb/obj: baked albedo texture (on) or vertex colours (off); default from export.texture: on")
-    p.add_argument("--texture-size", dest="texture_size", type=int, help="texture width = height, a power of two up to 8192 (default from export.texture_size: 1024)")
+    p.add_argument(
+        "--texture-size", dest="texture_size", type=int, help="texture width = height, a power of two up to 8192 (default from export.texture_size: 1024)"
+    )
     p.add_argument("--checkpoint", metavar="PATH", help="checkpoint to export (default: the newest)")
     p.set_defaults(func=_cmd_export)
 

@@ -247,7 +247,7 @@ def test_coarse_to_fine_grid_gives_the_dense_surface() -> None:
     import mcubes
 
     scene = analytic_scene((((0.1, 0.0, 0.0), 0.4), ((-0.5, 0.2, 0.1), 0.15)))
-    inside = inside_sphere_mask(1.0, 96)
+    inside = inside_sphere_mask(1.0, 64)
     band, level = surface_grid(scene, 1.0, inside, None, coarse_to_fine=True)
     dense = density_grid(scene, 1.0, inside)
     assert level == pytest.approx(25.0)
@@ -304,3 +304,14 @@ def test_cli_export_textured_prints_threshold_and_timings(run_dir: Path, capsys:
     assert mesh.visual.kind == "texture" and len(mesh.faces) <= 800
     for name in ("mesh.obj", "mesh.mtl", "mesh.png"):
         (run_dir / "export" / name).unlink()
+
+
+def test_coarse_to_fine_grid_keeps_the_empty_and_solid_errors(tmp_path: Path) -> None:
+    from dreamperp.export.mesh import EmptyFieldError
+
+    cfg = small_config(resolution=128)  # the coarse-to-fine path; only the coarse lattice is evaluated here
+    with pytest.raises(EmptyFieldError, match=r"empty.*--threshold"):
+        export_mesh(analytic_scene(sigma=0.0), cfg, tmp_path, progress=False)
+    with pytest.raises(EmptyFieldError, match=r"solid.*threshold auto = 25 "):
+        export_mesh(analytic_scene((((0.0, 0.0, 0.0), 5.0),)), cfg, tmp_path, progress=False)
+    assert not list(tmp_path.iterdir())

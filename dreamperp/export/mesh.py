@@ -34,12 +34,13 @@ frame.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -216,27 +217,25 @@ def keep_large_components(vertices: np.ndarray, faces: np.ndarray, min_ratio: fl
 
 @dataclass
 class Timings:
-    """Wall-clock seconds per export stage, in order (marching cubes, decimation, atlas, bake, write)."""
+    """Seconds per export stage, in order (marching cubes, decimation, atlas, bake, write): wall clock,
+    and the CPU time of this process (all its threads), which a machine shared with other jobs inflates less."""
 
     seconds: Dict[str, float] = field(default_factory=dict)
+    cpu_seconds: Dict[str, float] = field(default_factory=dict)
 
-    def stage(self, name: str) -> "_Stage":
-        return _Stage(self, name)
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - wall
+            self.cpu_seconds[name] = self.cpu_seconds.get(name, 0.0) + time.process_time() - cpu
 
     def summary(self) -> str:
         parts = [f"{name} {sec:.1f} s" for name, sec in self.seconds.items()]
-        return ", ".join(parts) + f" (total {sum(self.seconds.values()):.1f} s)"
-
-
-class _Stage:
-    def __init__(self, timings: Timings, name: str) -> None:
-        self.timings, self.name = timings, name
-
-    def __enter__(self) -> None:
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.timings.seconds[self.name] = self.timings.seconds.get(self.name, 0.0) + time.perf_counter() - self.start
+        cpu = sum(self.cpu_seconds.values())
+        return ", ".join(parts) + f" (total {sum(self.seconds.values()):.1f} s wall, {cpu:.1f} s CPU)"
 
 
 @torch.no_grad()
