@@ -394,7 +394,8 @@ def mesh_files(mesh: "trimesh.Trimesh", fmt: str, name: str = "mesh") -> Dict[st
         text, extra = trimesh.exchange.obj.export_obj(
             plain, include_normals=False, include_texture=True, return_texture=True, mtl_name=f"{name}.mtl", header=None
         )
-        assert isinstance(image, Image.Image) and set(extra) == {f"{name}.mtl", f"{name}.png"}, sorted(extra)
+        if not isinstance(image, Image.Image) or set(extra) != {f"{name}.mtl", f"{name}.png"}:
+            raise RuntimeError(f"OBJ export produced {sorted(extra)}, expected {name}.mtl and {name}.png")
         return {f"{name}.png": extra[f"{name}.png"], f"{name}.mtl": extra[f"{name}.mtl"], f"{name}.obj": text.encode()}
     data = mesh.export(file_type=fmt)
     return {f"{name}.{fmt}": data.encode() if isinstance(data, str) else bytes(data)}
@@ -537,8 +538,6 @@ def export_command(args: argparse.Namespace) -> int:
         check_texture_size(texture_size, "--texture-size")
     if texture is not None:
         parse_on_off(texture, "--texture")
-    if args.formats:
-        check_export_args(args.formats, 0, 1024)
     run = load_run(args.run_dir, checkpoint=args.checkpoint)
     paths = export_mesh(
         run.scene,
