@@ -103,10 +103,11 @@ def test_glb_texture_colours_match_the_field(exported: Path) -> None:
     got, _ = bilinear(image, uv)
     truth = albedo_truth(torch.from_numpy(world).float()).numpy()
     err = np.abs(got - truth)
-    # A texel spans ~0.01 scene units here (sphere area 2.5 over ~27% of 256²), the colour changes by at
-    # most 1.2 per unit, and rounding to uint8 adds 0.002: the mean error is well under 0.01.
-    assert err.mean() < 0.01, err.mean()
-    assert np.percentile(err, 99) < 0.04, np.percentile(err, 99)
+    # A texel spans <= 0.01 scene units here (sphere area 2.5 over the baked part of 256²) and the colour
+    # changes by at most 1.2 per unit, so bilinear filtering is off by <= ~0.006 (less on average), and
+    # uint8 rounding adds <= 0.002. Measured: mean 0.0008, 99th percentile 0.004, max 0.015.
+    assert err.mean() < 0.004, err.mean()
+    assert np.percentile(err, 99) < 0.02, np.percentile(err, 99)
 
 
 def test_every_texel_a_face_uses_is_filled(built) -> None:
