@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--fallback", action="store_true", help="with --resume: if the newest checkpoint is corrupt, use the previous good one")
+    p.add_argument("--run-dir", metavar="PATH", help="train in exactly this folder; resume it if it has checkpoints of the same config")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(

@@ -571,3 +571,24 @@ def describe(cls: type = Config, prefix: str = "") -> List[tuple[str, Any, str]]
         else:
             out.append((f"{prefix}{f.name}", default, f.metadata.get("help", "")))
     return out
+
+
+# Keys that do not change what a run computes (where it is filed, how far it goes, how it reports):
+# a run folder holding a config that differs only in these is the same run (``train --run-dir``,
+# ``dreamperp batch``); a higher trainer.max_steps continues it.
+NOT_PART_OF_A_RUN = ("output_dir", "name", "trainer.max_steps", "trainer.progress")
+
+
+def flat_dict(cfg: Config) -> dict:
+    """``{"trainer.max_steps": 200, ...}``: every leaf of ``cfg`` as plain values under dotted keys."""
+    out: dict = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        else:
+            out[prefix[:-1]] = node
+
+    walk(OmegaConf.to_container(OmegaConf.structured(cfg)), "")
+    return out

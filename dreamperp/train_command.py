@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Callable, List
+from typing import Callable, List, Tuple
 
-from dreamperp.config import load_config
+from dreamperp.config import NOT_PART_OF_A_RUN, Config, flat_dict, load_config
 from dreamperp.device import no_rng_side_effects
 from dreamperp.errors import UsageError
 from dreamperp.export.mesh import export_mesh
 from dreamperp.export.video import write_turntable
-from dreamperp.runs.checkpoint import remove_stale_temp_files, resume_checkpoint
-from dreamperp.runs.folder import RunDir, truncate_metrics
+from dreamperp.runs.checkpoint import list_checkpoints, remove_stale_temp_files, resume_checkpoint
+from dreamperp.runs.folder import CONFIG_NAME, LOCK_NAME, METRICS_NAME, RunDir, truncate_metrics
 from dreamperp.train.loop import TrainLoop, say
 from dreamperp.train.trainer import Trainer
 
@@ -76,21 +76,27 @@ def _split_resume_args(args: argparse.Namespace) -> List[str]:
     return overrides
 
 
+def _resume_run(run: RunDir, overrides: List[str], fallback: bool) -> int:
+    """Continue ``run`` from its newest checkpoint (``--resume``, and ``--run-dir`` on a started run)."""
+    with run.lock():
+        cfg = run.load_config(overrides)
+        ckpt_path, state = resume_checkpoint(run, fallback=fallback)
+        trainer = Trainer.resume(cfg, state)  # with the hash-grid back end of the checkpoint
+        if overrides and trainer.step < cfg.trainer.max_steps:  # a limit already passed changes nothing
+            run.write_config(cfg)
+        truncate_metrics(run.metrics_path, trainer.step)
+        say(f"resuming {run.root} from {ckpt_path.name} (step {trainer.step} of {cfg.trainer.max_steps})")
+        remove_stale_temp_files(run.ckpt_dir)
+        return _fit_and_export(trainer, run)
+
+
 def train_command(args: argparse.Namespace) -> int:
-    """``dreamperp train CONFIG [key=value ...]`` or ``dreamperp train --resume RUN_DIR [--fallback] [trainer.max_steps=N]``."""
+    """``dreamperp train CONFIG [key=value ...] [--run-dir PATH]`` or ``dreamperp train --resume RUN_DIR [--fallback] [trainer.max_steps=N]``."""
+    if getattr(args, "run_dir", None):
+        return train_in_run_dir(args)
     if args.resume:
-        overrides = _split_resume_args(args)
-        run = RunDir.open(args.resume)
-        with run.lock():
-            cfg = run.load_config(overrides)
-            ckpt_path, state = resume_checkpoint(run, fallback=bool(args.fallback))
-            trainer = Trainer.resume(cfg, state)  # with the hash-grid back end of the checkpoint
-            if overrides and trainer.step < cfg.trainer.max_steps:  # a limit already passed changes nothing
-                run.write_config(cfg)
-            truncate_metrics(run.metrics_path, trainer.step)
-            say(f"resuming {run.root} from {ckpt_path.name} (step {trainer.step} of {cfg.trainer.max_steps})")
-            remove_stale_temp_files(run.ckpt_dir)
-            return _fit_and_export(trainer, run)
+        overrides = _split_resume_args(args)  # argument errors first, then the folder
+        return _resume_run(RunDir.open(args.resume), overrides, bool(args.fallback))
     else:
         if args.fallback:
             raise UsageError("--fallback only applies together with --resume RUN_DIR")
@@ -107,3 +113,49 @@ def train_command(args: argparse.Namespace) -> int:
         say(f"run folder {run.root}")
         with run.lock():
             return _fit_and_export(trainer, run)
+
+
+# ----------------------------------------------------------------------- --run-dir (dreamperp batch)
+# A run folder chosen by the caller instead of output_dir/name/<timestamp>-<slug>/, so that a batch
+# can give every job a fixed folder: the first call creates the run there, a later call with the
+# same config resumes it from its newest checkpoint (or starts over when none was saved yet).
+def config_differences(a: Config, b: Config, ignore: Tuple[str, ...] = NOT_PART_OF_A_RUN) -> List[str]:
+    """Dotted keys whose values differ between ``a`` and ``b`` (``ignore``d keys left out)."""
+    fa, fb = flat_dict(a), flat_dict(b)
+    return [k for k in sorted(set(fa) | set(fb)) if k not in ignore and fa.get(k) != fb.get(k)]
+
+
+RUN_DIR_CONTENT = ("ckpts", "val", "export", "tensorboard", CONFIG_NAME, METRICS_NAME, LOCK_NAME)
+
+
+def train_in_run_dir(args: argparse.Namespace) -> int:
+    """``dreamperp train CONFIG [key=value ...] --run-dir PATH``: train the run exactly in PATH."""
+    if args.resume:
+        raise UsageError("give either --run-dir PATH or --resume RUN_DIR, not both")
+    if not args.config:
+        raise UsageError("--run-dir needs a config file (e.g. configs/tiny.yaml)")
+    cfg = load_config(args.config, list(args.overrides or []))
+    root = Path(args.run_dir).expanduser()
+    if root.exists() and not root.is_dir():
+        raise UsageError(f"--run-dir '{root}' is a file, not a folder")
+    run = RunDir(root)
+    if run.config_path.is_file() and list_checkpoints(run.ckpt_dir):
+        different = config_differences(run.load_config(), cfg)
+        if different:
+            raise UsageError(f"--run-dir '{root}' holds a different run: its config.yaml differs in {', '.join(different[:5])} (use another folder)")
+        return _resume_run(run, [f"trainer.max_steps={cfg.trainer.max_steps}"], bool(args.fallback))
+    if root.is_dir() and any(p.name not in RUN_DIR_CONTENT for p in root.iterdir()):
+        raise UsageError(f"--run-dir '{root}' is not empty and not a dreamperp run folder (use an empty or new folder)")
+    if args.fallback:
+        raise UsageError(f"--fallback: run folder '{root}' has no checkpoint yet")
+    trainer = Trainer(cfg)  # everything built before the folder exists, as for a new run
+    try:
+        for sub in (run.ckpt_dir, run.val_dir, run.export_dir):
+            sub.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"cannot create the run folder '{root}': {err.strerror}") from None
+    with run.lock():
+        truncate_metrics(run.metrics_path, 0)  # records of a start that died before its first save
+        run.write_config(cfg)
+        say(f"run folder {run.root}")
+        return _fit_and_export(trainer, run)
