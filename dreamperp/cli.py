@@ -19,6 +19,7 @@ OVERRIDES_HELP = "config overrides as key=value, e.g. prompt=\"a corgi\" trainer
 
 # What to lower when a command runs out of memory, per subcommand.
 OOM_HINTS = {
+    "batch": "the sizes in the config or the overrides",
     "train": "data.width/data.height, render.num_samples, data.batch_size or render.chunk",
     "export": "--resolution or --texture-size",
     "video": "--size",
@@ -45,6 +46,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from dreamperp.train_command import train_command
 
     return train_command(args)
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from dreamperp.batch import batch_command
+
+    return batch_command(args)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -94,6 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fallback", action="store_true", help="with --resume: if the newest checkpoint is corrupt, use the previous good one")
     p.add_argument("--run-dir", metavar="PATH", help="train in exactly this folder; resume it if it has checkpoints of the same config")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("batch", help="train a list of prompts (x seeds) on this machine's GPUs or a Ray cluster",
+                       description="Run every (prompt, seed) of a prompt list as its own 'dreamperp train' run; running it again "
+                                   "skips finished runs and resumes interrupted ones.",
+                       epilog="example: dreamperp batch configs/default.yaml assets/prompts/gallery.txt --seeds 0,1,2 --out outputs/gallery")
+    p.add_argument("config", help="YAML config shared by all jobs (see configs/)")
+    p.add_argument("prompts", metavar="PROMPTS", help="prompt list: .txt (one a line, # comments) or .yaml (prompts or {prompt, overrides} items)")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP + "; applied to every job")
+    p.add_argument("--seeds", help="comma-separated seeds, each prompt runs once per seed (default: the config's seed)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local", help="local: a pool on this machine (default); ray: a Ray cluster")
+    p.add_argument("--address", help="with --engine ray: auto, HOST:PORT or ray://HOST:PORT (default: start a local Ray instance)")
+    p.add_argument("--parallel", type=int, help="jobs at a time (default: one per GPU slot, or 1 on the CPU; Ray: no limit)")
+    p.add_argument("--gpus-per-run", type=float, default=1, help="GPUs given to each job (default 1; fractions with Ray); jobs with device=cpu get none")
+    p.add_argument("--cpus-per-run", type=int, help="CPU threads (Ray: CPUs) per job (default: this machine's cores / --parallel; Ray: 1)")
+    p.add_argument("--max-retries", type=int, default=2, help="restarts of a job whose process or worker was lost (default 2)")
+    p.add_argument("--out", metavar="DIR", help="batch folder (default: <output_dir>/batch-<prompt file name>); on shared storage for a cluster")
+    p.set_defaults(func=_cmd_batch)
 
     p = sub.add_parser(
         "export",
