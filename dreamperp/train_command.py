@@ -27,10 +27,16 @@ RESUME_OVERRIDABLE = ("trainer.max_steps",)
 
 
 def _fit_and_export(trainer: Trainer, run: RunDir) -> int:
-    """Train to the end; export when it finished (not when interrupted). Returns the exit code."""
+    """Train to the end; export when it finished (not when interrupted). Returns the exit code.
+
+    A finished run whose export did not complete (killed while exporting: the turntable, written
+    last, is missing) exports again on resume instead of saying there is nothing to do."""
     start = trainer.step
     code = TrainLoop(trainer, run).fit()
-    if code == 0 and trainer.step > start and trainer.cfg.trainer.video_at_end:  # 0 and no progress: nothing to do
+    cfg = trainer.cfg
+    finished = code == 0 and trainer.step >= cfg.trainer.max_steps
+    incomplete = not (run.export_dir / f"turntable.{cfg.export.video_format}").is_file()
+    if finished and cfg.trainer.video_at_end and (trainer.step > start or incomplete):
         export_at_end(trainer, run)
     return code
 

@@ -97,7 +97,16 @@ def test_tiny_run_end_to_end(tiny_model_dir: Path, tmp_path: Path, capsys: pytes
     assert 0 < len(mesh.faces) <= 300 and mesh.visual.kind == "texture"  # export.faces, export.texture(_size) used
     assert mesh.visual.material.baseColorTexture.size == (64, 64)
     assert "threshold auto = " in err
-    assert (run / "export" / "turntable.mp4").stat().st_size > 0
+    video = run / "export" / "turntable.mp4"
+    assert video.stat().st_size > 0
+
+    # A finished run resumed again does nothing; one killed while exporting (no turntable yet) exports.
+    stamp = video.stat().st_mtime_ns
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "nothing to do" in capsys.readouterr().err and video.stat().st_mtime_ns == stamp
+    video.unlink()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert video.stat().st_size > 0
     loaded = load_run(run)
     assert loaded.step == 12 and loaded.ckpt_path.name == "step-000012.pt"
     state = load_checkpoint(run / "ckpts" / "step-000012.pt")
