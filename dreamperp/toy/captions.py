@@ -1,0 +1,102 @@
+"""Captions of the toy world with the view bias of web photos (docs/design.md §10).
+
+Web photos of objects are mostly frontal, and the few that say "back view" often show something
+else. Text-to-image priors learn that bias, and it is what makes them draw a face on every side of a
+3D object (the "Janus" problem). The toy world's captions copy it on purpose, with the knobs of
+:class:`CaptionBias`.
+
+Sampling, per image: with probability ``suffix_prob`` the caption gets a view suffix; its *label*
+is drawn from the label marginal of :meth:`CaptionBias.label_marginal` and the view the image really
+shows from ``mislabel[label]``; without a suffix the true view is drawn from ``view_marginal``. The
+label marginal is solved so that the true view follows ``view_marginal`` in both cases, so every
+knob holds exactly: the images' views, the share of suffixes, and what each label really shows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+VIEWS: Tuple[str, ...] = ("front", "side", "back", "overhead")
+
+
+def _default_marginal() -> Dict[str, float]:
+    # What the images show: mostly fronts, as photos of things on the web.
+    return {"front": 0.60, "side": 0.25, "back": 0.10, "overhead": 0.05}
+
+
+def _default_mislabel() -> Dict[str, Dict[str, float]]:
+    # P(view the image shows | caption says "<label> view"). "back view" and "side view" are often
+    # wrong as on the web (the issue's numbers); "front view" and "overhead view" are 90% right, and
+    # how their 10% of errors split (front: mostly sides; overhead: the front) is our choice.
+    return {
+        "front": {"front": 0.90, "side": 0.07, "back": 0.03, "overhead": 0.0},
+        "side": {"front": 0.40, "side": 0.50, "back": 0.10, "overhead": 0.0},
+        "back": {"front": 0.45, "side": 0.20, "back": 0.35, "overhead": 0.0},
+        "overhead": {"front": 0.10, "side": 0.0, "back": 0.0, "overhead": 0.90},
+    }
+
+
+@dataclass
+class CaptionBias:
+    """The caption knobs. Fixed before anything is measured; change one only with its reason written here.
+
+    view_marginal: share of images showing each view (front 60%, side 25%, back 10%, overhead 5%).
+    suffix_prob: share of captions with a ", {view} view" suffix (50%).
+    mislabel: for each suffix label, the distribution of the view the image really shows.
+    """
+
+    view_marginal: Dict[str, float] = field(default_factory=_default_marginal)
+    suffix_prob: float = 0.5
+    mislabel: Dict[str, Dict[str, float]] = field(default_factory=_default_mislabel)
+
+    def label_marginal(self) -> Dict[str, float]:
+        """Share of each suffix label among suffixed captions, so that their true views follow ``view_marginal``.
+
+        Solves ``sum_l q(l) mislabel[l][t] = view_marginal[t]`` for q; raises ValueError when no
+        non-negative solution exists (the knobs contradict each other).
+        """
+        m = torch.tensor([[self.mislabel[lab][t] for lab in VIEWS] for t in VIEWS], dtype=torch.float64)
+        target = torch.tensor([self.view_marginal[t] for t in VIEWS], dtype=torch.float64)
+        q = torch.linalg.solve(m, target)
+        if (q < -1e-9).any():
+            raise ValueError(f"caption knobs are inconsistent: label marginal {q.tolist()} has negative entries")
+        q = q.clamp_min(0)
+        return {v: float(x) for v, x in zip(VIEWS, q / q.sum())}
+
+
+@dataclass
+class CaptionSample:
+    """Per image: the view it shows (index into VIEWS) ``[N]`` and the suffix label (-1: no suffix) ``[N]``."""
+
+    true_view: torch.Tensor
+    label: torch.Tensor
+
+
+def sample_views(bias: CaptionBias, n: int, generator: Optional[torch.Generator] = None) -> CaptionSample:
+    """Draw the true view and the caption's view label of ``n`` images (see the module docstring)."""
+    marginal = torch.tensor([bias.view_marginal[v] for v in VIEWS], dtype=torch.float64)
+    q = bias.label_marginal()
+    label_p = torch.tensor([q[v] for v in VIEWS], dtype=torch.float64)
+    table = torch.tensor([[bias.mislabel[lab][t] for t in VIEWS] for lab in VIEWS], dtype=torch.float64)
+    has_suffix = torch.rand(n, generator=generator, dtype=torch.float64) < bias.suffix_prob
+    label = torch.multinomial(label_p, n, replacement=True, generator=generator)
+    # One true-view draw per image from its label's row, and one from the plain marginal.
+    u = torch.rand(n, generator=generator, dtype=torch.float64)
+    from_label = torch.searchsorted(table.cumsum(-1)[label], u[:, None]).squeeze(-1).clamp_max(len(VIEWS) - 1)
+    from_marginal = torch.searchsorted(marginal.cumsum(0), torch.rand(n, generator=generator, dtype=torch.float64)).clamp_max(len(VIEWS) - 1)
+    true_view = torch.where(has_suffix, from_label, from_marginal)
+    return CaptionSample(true_view=true_view.long(), label=torch.where(has_suffix, label, torch.full_like(label, -1)).long())
+
+
+def caption(colour: str, family: str, label: int = -1) -> str:
+    """``"a {colour} {family}"`` plus ``", {view} view"`` when ``label`` (index into VIEWS) is not -1."""
+    text = f"a {colour} {family}"
+    return text if label < 0 else f"{text}, {VIEWS[label]} view"
+
+
+def captions(colours: List[str], families: List[str], labels: List[int]) -> List[str]:
+    """Captions of many images (lists of equal length)."""
+    return [caption(c, f, lab) for c, f, lab in zip(colours, families, labels)]

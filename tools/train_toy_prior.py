@@ -1,0 +1,426 @@
+"""Train the toy prior: a pixel-space text-to-image diffusion model of the toy world (docs/design.md §10).
+
+A diffusers ``UNet2DConditionModel`` on 32x32 RGB images in [-1, 1] (no VAE), conditioned on a small
+transformers ``CLIPTextModel`` trained jointly with it, epsilon prediction under a cosine
+(``squaredcos_cap_v2``) 1000-step DDPM schedule, captions dropped to "" for classifier-free
+guidance, an EMA of the weights (samples and exports use the EMA).
+
+The data is regenerated from ``--seed`` (dreamperp.toy.world) and cached in the work folder. Training
+checkpoints atomically every ``--ckpt-minutes`` and on SIGTERM/Ctrl-C, and ``--resume`` continues
+exactly (each step's batch, noise and caption dropout come from a generator seeded by the step).
+Sample grids (DDIM 50 steps, CFG 1 / 3 / 7.5 / 20; rows: scales, columns: every colour x family)
+are written to ``WORK/samples/``.
+
+    python tools/train_toy_prior.py --work /work/toy-train              # train (forever, or --steps N)
+    python tools/train_toy_prior.py --work /work/toy-train --resume     # continue after a stop
+    python tools/train_toy_prior.py --work /work/toy-train --export assets/toy-prior   # write the EMA pipeline
+
+The exported folder: model_index.json, unet/, text_encoder/, tokenizer/, scheduler/ (no vae/:
+the model input is the image itself, in [-1, 1] at ``unet.config.sample_size``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from dreamperp.toy.captions import CaptionBias  # noqa: E402
+from dreamperp.toy.world import COLOUR_NAMES, FAMILIES, sample_toy_batch  # noqa: E402
+
+DATA_VERSION = 1  # bump when the world or the captions change: cached data is keyed by it
+MARKER_FILE = "dreamperp_toy_prior.json"
+MAX_LENGTH = 16  # toy captions are at most ~8 tokens
+SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000,
+    beta_schedule="squaredcos_cap_v2",
+    prediction_type="epsilon",
+    clip_sample=True,  # pixel space: keep x0 estimates in the image range when sampling
+    clip_sample_range=1.0,
+)
+GRID_SCALES = (1.0, 3.0, 7.5, 20.0)
+
+
+# ------------------------------------------------------------------------------------------ models
+def unet_config(channels: List[int], size: int, text_dim: int) -> Dict:
+    """UNet with cross-attention only at the lowest resolution (and in the mid block)."""
+    n = len(channels)
+    return dict(
+        sample_size=size,
+        in_channels=3,
+        out_channels=3,
+        down_block_types=tuple(["DownBlock2D"] * (n - 1) + ["CrossAttnDownBlock2D"]),
+        up_block_types=tuple(["CrossAttnUpBlock2D"] + ["UpBlock2D"] * (n - 1)),
+        block_out_channels=tuple(channels),
+        layers_per_block=2,
+        norm_num_groups=16 if min(channels) % 16 == 0 else 8,
+        cross_attention_dim=text_dim,
+        attention_head_dim=max(1, channels[-1] // 32),  # diffusers' name for the number of heads
+    )
+
+
+def text_config(vocab_size: int, dim: int) -> Dict:
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=dim,
+        intermediate_size=2 * dim,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        max_position_embeddings=MAX_LENGTH,
+        hidden_act="quick_gelu",
+        projection_dim=dim,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+
+
+def write_tokenizer(folder: Path) -> int:
+    """The project's tiny byte-level BPE (dreamperp.models.tiny) as a CLIPTokenizer folder, max length 16."""
+    from dreamperp.models.tiny import BOS_TOKEN, EOS_TOKEN, tokenizer_files
+
+    vocab, merges = tokenizer_files()
+    folder.mkdir(parents=True, exist_ok=True)
+    dump = lambda name, obj: (folder / name).write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")  # noqa: E731
+    dump("vocab.json", vocab)
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+    special = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": EOS_TOKEN, "unk_token": EOS_TOKEN}
+    dump("special_tokens_map.json", special)
+    dump(
+        "tokenizer_config.json",
+        {**special, "tokenizer_class": "CLIPTokenizer", "model_max_length": MAX_LENGTH, "do_lower_case": True,
+         "clean_up_tokenization_spaces": True, "errors": "replace"},
+    )
+    return len(vocab)
+
+
+class Models:
+    """UNet + text encoder + tokenizer, and their EMA copies."""
+
+    def __init__(self, args: argparse.Namespace, work: Path):
+        from diffusers import DDPMScheduler, UNet2DConditionModel
+        from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+        tok_dir = work / "tokenizer"
+        vocab_size = write_tokenizer(tok_dir)
+        self.tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
+        channels = [int(c) for c in args.channels.split(",")]
+        self.unet = UNet2DConditionModel(**unet_config(channels, args.size, args.text_dim))
+        self.text = CLIPTextModel(CLIPTextConfig(**text_config(vocab_size, args.text_dim)))
+        self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
+        self.ema_text = copy.deepcopy(self.text).requires_grad_(False)
+        self.scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
+
+    def to(self, device: str) -> "Models":
+        for m in (self.unet, self.text, self.ema_unet, self.ema_text):
+            m.to(device)
+        return self
+
+    def ids(self, captions: List[str], device: str) -> torch.Tensor:
+        return self.tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt").input_ids.to(device)
+
+    def parameters(self):
+        return list(self.unet.parameters()) + list(self.text.parameters())
+
+    @torch.no_grad()
+    def update_ema(self, decay: float) -> None:
+        for ema, live in ((self.ema_unet, self.unet), (self.ema_text, self.text)):
+            for pe, p in zip(ema.parameters(), live.parameters()):
+                pe.lerp_(p, 1.0 - decay)
+
+
+# -------------------------------------------------------------------------------------------- data
+def load_data(work: Path, seed: int, n: int, size: int, device: str) -> Dict[str, np.ndarray]:
+    """The cached dataset (rendered once from ``seed``): images uint8 ``[N, size, size, 3]``, captions, ground truth."""
+    path = work / f"data-v{DATA_VERSION}-seed{seed}-n{n}-s{size}.npz"
+    if not path.is_file():
+        print(f"rendering {n} toy images to {path} ...", flush=True)
+        t0 = time.time()
+        gen = torch.Generator().manual_seed(seed)
+        parts: Dict[str, list] = {k: [] for k in ("images", "family", "colour", "view", "label", "azimuth", "elevation", "captions")}
+        chunk = 1024
+        for i in range(0, n, chunk):
+            b = sample_toy_batch(min(chunk, n - i), size=size, generator=gen, device=device)
+            parts["images"].append((b.images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy())
+            for k in ("family", "colour", "view", "label", "azimuth", "elevation"):
+                parts[k].append(getattr(b, k).numpy())
+            parts["captions"].append(np.array(b.captions))
+            print(f"  {i + len(b.captions)}/{n} ({time.time() - t0:.0f} s)", flush=True)
+        arrays = {k: np.concatenate(v) for k, v in parts.items()}
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+# ---------------------------------------------------------------------------------------- sampling
+@torch.no_grad()
+def sample_grid(models: Models, prompts: List[str], scales, device: str, seed: int = 0, steps: int = 50) -> torch.Tensor:
+    """DDIM samples from the EMA: ``[len(scales), len(prompts), 3, H, W]`` in [0, 1], the same noise for every scale."""
+    from diffusers import DDIMScheduler
+
+    sched = DDIMScheduler.from_config(models.scheduler.config)
+    sched.set_timesteps(steps)
+    unet, text = models.ema_unet.eval(), models.ema_text.eval()
+    cond = text(models.ids(prompts, device)).last_hidden_state
+    uncond = text(models.ids([""], device)).last_hidden_state.expand_as(cond)
+    size = unet.config.sample_size
+    noise = torch.randn(len(prompts), 3, size, size, generator=torch.Generator().manual_seed(seed)).to(device)
+    rows = []
+    for s in scales:
+        x = noise.clone()
+        for t in sched.timesteps:
+            eps = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
+            eu, ec = eps.chunk(2)
+            x = sched.step(eu + s * (ec - eu), t, x).prev_sample
+        rows.append((x.clamp(-1, 1) + 1) / 2)
+    return torch.stack(rows).cpu()
+
+
+def save_grid(grid: torch.Tensor, path: Path) -> None:
+    from PIL import Image
+
+    r, c = grid.shape[:2]
+    img = grid.permute(0, 3, 1, 4, 2).reshape(r * grid.shape[3], c * grid.shape[4], 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray((img * 255).round().byte().numpy()).resize((img.shape[1] * 2, img.shape[0] * 2), Image.NEAREST).save(path)
+
+
+def grid_prompts() -> List[str]:
+    return [f"a {c} {f}" for f in FAMILIES for c in COLOUR_NAMES]
+
+
+# ------------------------------------------------------------------------------------- checkpoints
+def checkpoint_path(work: Path) -> Path:
+    return work / "checkpoint.pt"
+
+
+def save_checkpoint(work: Path, models: Models, opt, step: int, args: argparse.Namespace) -> None:
+    state = {
+        "step": step,
+        "args": vars(args),
+        "unet": models.unet.state_dict(),
+        "text": models.text.state_dict(),
+        "ema_unet": models.ema_unet.state_dict(),
+        "ema_text": models.ema_text.state_dict(),
+        "opt": opt.state_dict(),
+    }
+    tmp = work / f".checkpoint.tmp-{os.getpid()}"
+    torch.save(state, tmp)
+    os.replace(tmp, checkpoint_path(work))
+
+
+def lr_at(step: int, args: argparse.Namespace) -> float:
+    return args.lr * min(1.0, (step + 1) / args.warmup)
+
+
+# ---------------------------------------------------------------------------------------- training
+def train(args: argparse.Namespace) -> None:
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    device = args.device
+    ckpt = checkpoint_path(work)
+    state = None
+    if not args.resume and ckpt.is_file():
+        raise SystemExit(f"{ckpt} exists: pass --resume to continue it, or choose another --work")
+    if args.resume:
+        if not ckpt.is_file():
+            raise SystemExit(f"--resume: no checkpoint at {ckpt}")
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        saved = state["args"]
+        for k in ("seed", "num_images", "size", "channels", "text_dim", "batch_size", "uncond_prob", "lr", "warmup", "ema_decay"):
+            setattr(args, k, saved[k])  # the run's own settings; --steps, --device, timings may change
+    torch.manual_seed(args.seed)
+    models = Models(args, work)
+    if state is not None:
+        models.unet.load_state_dict(state["unet"])
+        models.text.load_state_dict(state["text"])
+        models.ema_unet.load_state_dict(state["ema_unet"])
+        models.ema_text.load_state_dict(state["ema_text"])
+    models.to(device)
+    opt = torch.optim.AdamW(models.parameters(), lr=args.lr, weight_decay=0.01)
+    if state is not None:
+        opt.load_state_dict(state["opt"])
+    step = int(state["step"]) if state is not None else 0
+    del state
+    n_unet = sum(p.numel() for p in models.unet.parameters())
+    n_text = sum(p.numel() for p in models.text.parameters())
+    print(f"unet {n_unet / 1e6:.2f} M params, text encoder {n_text / 1e6:.2f} M; device {device}; step {step}", flush=True)
+
+    data = load_data(work, args.seed, args.num_images, args.size, "cpu")
+    images = torch.from_numpy(data["images"]).permute(0, 3, 1, 2).contiguous()  # uint8 [N, 3, H, W]
+    captions = [str(c) for c in data["captions"]]
+    ids_all = models.ids(captions, "cpu")
+    ids_empty = models.ids([""], "cpu")[0]
+    alphas = models.scheduler.alphas_cumprod.float()
+    with (work / "args.json").open("w") as f:
+        json.dump(vars(args), f, indent=1)
+
+    stop = {"now": False}
+
+    def on_signal(signum, frame):  # finish the step, checkpoint, exit
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    last_ckpt = time.time()
+    t_log, losses = time.time(), []
+    log = (work / "log.jsonl").open("a")
+    while step < args.steps and not stop["now"]:
+        # Everything random about this step comes from its own generator: resuming repeats it exactly.
+        g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
+        idx = torch.randint(len(images), (args.batch_size,), generator=g)
+        x0 = images[idx].float() / 127.5 - 1.0
+        flip = torch.rand(args.batch_size, generator=g) < 0.5  # objects are mirror-symmetric: a flip is the mirrored azimuth
+        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        drop = torch.rand(args.batch_size, generator=g) < args.uncond_prob
+        ids = torch.where(drop[:, None], ids_empty[None], ids_all[idx])
+        t = torch.randint(0, len(alphas), (args.batch_size,), generator=g)
+        noise = torch.randn(x0.shape, generator=g)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        xt, t, noise, ids = xt.to(device), t.to(device), noise.to(device), ids.to(device)
+        models.unet.train()
+        models.text.train()
+        cond = models.text(ids).last_hidden_state
+        pred = models.unet(xt, t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred, noise)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, args)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(models.parameters(), 1.0)
+        opt.step()
+        step += 1
+        models.update_ema(min(args.ema_decay, (1 + step) / (10 + step)))
+        losses.append(loss.detach().item())
+        if step % args.log_every == 0:
+            dt = (time.time() - t_log) / len(losses)
+            rec = {"step": step, "loss": sum(losses) / len(losses), "s_per_step": dt, "lr": lr_at(step, args), "time": time.time()}
+            print(json.dumps(rec), flush=True)
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            t_log, losses = time.time(), []
+        if step % args.sample_every == 0:
+            t0 = time.time()
+            save_grid(sample_grid(models, grid_prompts(), GRID_SCALES, device), work / "samples" / f"step-{step:07d}.png")
+            print(f"samples at step {step} ({time.time() - t0:.0f} s)", flush=True)
+            t_log = time.time()  # sampling time is not step time
+        if time.time() - last_ckpt > 60 * args.ckpt_minutes:
+            save_checkpoint(work, models, opt, step, args)
+            last_ckpt = time.time()
+    save_checkpoint(work, models, opt, step, args)
+    print(f"checkpoint at step {step} in {ckpt}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------ export
+def export(args: argparse.Namespace) -> None:
+    """Write the EMA weights of the work folder's checkpoint as a pixel-space pipeline folder (atomic swap)."""
+    import diffusers
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    work = Path(args.work)
+    ckpt = checkpoint_path(work)
+    if not ckpt.is_file():
+        raise SystemExit(f"--export: no checkpoint at {ckpt} (train first)")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    saved = argparse.Namespace(**state["args"])
+    out = Path(args.export)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        vocab_size = write_tokenizer(tmp / "tokenizer")
+        channels = [int(c) for c in saved.channels.split(",")]
+        unet = UNet2DConditionModel(**unet_config(channels, saved.size, saved.text_dim))
+        unet.load_state_dict(state["ema_unet"])
+        text = CLIPTextModel(CLIPTextConfig(**text_config(vocab_size, saved.text_dim)))
+        text.load_state_dict(state["ema_text"])
+        unet.save_pretrained(tmp / "unet", safe_serialization=True)
+        text.save_pretrained(tmp / "text_encoder", safe_serialization=True)
+        DDPMScheduler(**SCHEDULER_CONFIG).save_pretrained(tmp / "scheduler")
+        index = {
+            "_class_name": "DreamperpToyPixelPipeline",
+            "_diffusers_version": diffusers.__version__,
+            "scheduler": ["diffusers", "DDPMScheduler"],
+            "text_encoder": ["transformers", "CLIPTextModel"],
+            "tokenizer": ["transformers", "CLIPTokenizer"],
+            "unet": ["diffusers", "UNet2DConditionModel"],
+        }
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        from dataclasses import asdict
+
+        info = {
+            "what": "dreamperp toy prior: pixel-space text-to-image diffusion of the toy world (EMA weights)",
+            "input": "RGB image in [-1, 1] at unet.config.sample_size; epsilon prediction",
+            "step": int(state["step"]),
+            "train_args": state["args"],
+            "data_version": DATA_VERSION,
+            "caption_bias": asdict(CaptionBias()),
+            "rebuild": "python tools/train_toy_prior.py --work DIR; then --work DIR --export assets/toy-prior",
+        }
+        (tmp / MARKER_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        if out.exists():
+            os.rename(out, old)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        os.rename(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    print(f"exported EMA weights of step {state['step']} to {out} ({size / 1e6:.1f} MB)")
+
+
+def main(argv: List[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", default="/work/toy-train", help="work folder: data cache, checkpoint, log, sample grids")
+    p.add_argument("--resume", action="store_true", help="continue from WORK/checkpoint.pt (with its own settings)")
+    p.add_argument("--export", metavar="DIR", help="write the EMA pipeline folder of WORK's checkpoint to DIR and exit")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--num-images", type=int, default=24000, help="size of the rendered dataset")
+    p.add_argument("--size", type=int, default=32, help="image size (UNet sample_size)")
+    p.add_argument("--channels", default="32,64,64", help="UNet block_out_channels (cross-attention in the last)")
+    p.add_argument("--text-dim", type=int, default=64, help="text encoder width = UNet cross_attention_dim")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--uncond-prob", type=float, default=0.2, help="share of captions replaced by '' (classifier-free guidance)")
+    p.add_argument("--steps", type=int, default=10**9, help="stop after this many steps in total")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--ckpt-minutes", type=float, default=5.0)
+    p.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids")
+    p.add_argument("--log-every", type=int, default=25)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device here")
+    if args.export:
+        export(args)
+    else:
+        train(args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
