@@ -13,7 +13,14 @@ from dreamperp.cameras import make_cameras
 from dreamperp.errors import UsageError
 from dreamperp.toy.assets import toy_asset_path
 from dreamperp.toy.captions import VIEWS, CaptionBias, caption, sample_views
-from dreamperp.toy.world import COLOUR_NAMES, FAMILIES, PART, render, sample_toy_batch, view_of
+from dreamperp.toy.world import (
+    COLOUR_NAMES,
+    FAMILIES,
+    PART,
+    render,
+    sample_toy_batch,
+    view_of,
+)
 
 FRONT_ONLY = ("face", "eye")  # parts that must not show from behind
 

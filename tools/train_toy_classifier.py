@@ -1,7 +1,8 @@
 """Train the toy-world view / family / colour classifier and print its held-out accuracy.
 
 Training images are fresh ground-truth toy renders with every view equally likely (azimuth uniform
-over the circle, elevation from the text-to-3D training range, 15% overhead views), augmented so
+over the circle, elevation from the text-to-3D training range, 15% overhead views; each pose in
+every colour), augmented so
 the classifier also reads NeRF-like renders: random blur, colour / brightness / contrast jitter and
 background tint, small shifts and zooms, pixel noise, mirror flips (the objects are mirror-symmetric,
 so a flip is the mirrored azimuth and keeps the view). Held-out images are rendered from another seed.
@@ -23,7 +24,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict
 
 import torch
 import torch.nn.functional as F
@@ -32,40 +32,56 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dreamperp.cameras import make_cameras  # noqa: E402
-from dreamperp.config import DataConfig  # noqa: E402
-from dreamperp.toy.classifier import HEADS, ToyClassifier  # noqa: E402
-from dreamperp.toy.world import COLOURS, FAMILIES, OVERHEAD_ELEVATION_RANGE, OVERHEAD_MIN_ELEVATION, render, view_of  # noqa: E402
+from dreamperp.cameras import make_cameras
+from dreamperp.config import DataConfig
+from dreamperp.toy.classifier import HEADS, ToyClassifier
+from dreamperp.toy.world import (
+    COLOURS,
+    FAMILIES,
+    OVERHEAD_ELEVATION_RANGE,
+    OVERHEAD_MIN_ELEVATION,
+    render,
+    view_of,
+)
 
 
-def gt_renders(n: int, seed: int, size: int = 32, overhead_share: float = 0.15, chunk: int = 256) -> Dict[str, torch.Tensor]:
-    """``n`` renders with uniform views: images ``[n, 3, size, size]`` in [0, 1], view / family / colour ``[n]``, azimuth, elevation."""
+def gt_renders(n: int, seed: int, size: int = 32, overhead_share: float = 0.15, chunk: int = 64) -> dict[str, torch.Tensor]:
+    """``n`` renders with uniform views: images ``[n, 3, size, size]`` in [0, 1], view / family / colour ``[n]``, azimuth, elevation.
+
+    Each drawn pose is rendered in every colour (ray casting once per pose), consecutively.
+    """
     g = torch.Generator().manual_seed(seed)
     data = DataConfig()
-    family = torch.randint(len(FAMILIES), (n,), generator=g)
-    colour = torch.randint(len(COLOURS), (n,), generator=g)
-    azimuth = 360 * torch.rand(n, generator=g) - 180
+    k = len(COLOURS)
+    m = -(-n // k)
+    family = torch.randint(len(FAMILIES), (m,), generator=g)
+    azimuth = 360 * torch.rand(m, generator=g) - 180
     lo, hi = data.elevation_range
-    elev = (lo + (hi - lo) * torch.rand(n, generator=g)).clamp(max=OVERHEAD_MIN_ELEVATION - 1e-3)
+    elev = (lo + (hi - lo) * torch.rand(m, generator=g)).clamp(max=OVERHEAD_MIN_ELEVATION - 1e-3)
     olo, ohi = OVERHEAD_ELEVATION_RANGE
-    over = torch.rand(n, generator=g) < overhead_share
-    elevation = torch.where(over, olo + (ohi - olo) * torch.rand(n, generator=g), elev)
-    radius = data.radius_range[0] + (data.radius_range[1] - data.radius_range[0]) * torch.rand(n, generator=g)
-    fovy = data.fov_range[0] + (data.fov_range[1] - data.fov_range[0]) * torch.rand(n, generator=g)
-    light_noise = 0.35 * torch.randn(n, 3, generator=g)
+    over = torch.rand(m, generator=g) < overhead_share
+    elevation = torch.where(over, olo + (ohi - olo) * torch.rand(m, generator=g), elev)
+    radius = data.radius_range[0] + (data.radius_range[1] - data.radius_range[0]) * torch.rand(m, generator=g)
+    fovy = data.fov_range[0] + (data.fov_range[1] - data.fov_range[0]) * torch.rand(m, generator=g)
+    light_noise = 0.35 * torch.randn(m, 3, generator=g)
+    colours = torch.arange(k).repeat(m, 1)
     images = []
-    for i in range(0, n, chunk):
+    for i in range(0, m, chunk):
         sl = slice(i, i + chunk)
         cams = make_cameras(elevation[sl], azimuth[sl], radius[sl], fovy[sl], size, size)
         light = cams.position / cams.radius[:, None] + torch.tensor([0.0, 0.0, 0.5]) + light_noise[sl]
-        images.append(render(family[sl], colour[sl], cams, light_dir=light))
+        images.append(render(family[sl], colours[sl], cams, light_dir=light).reshape(-1, 3, size, size))
+
+    def rep(x: torch.Tensor) -> torch.Tensor:  # pose values repeated for each of its colours
+        return x.repeat_interleave(k, 0)[:n]
+
     return {
-        "images": torch.cat(images),
-        "view": view_of(azimuth, elevation),
-        "family": family,
-        "colour": colour,
-        "azimuth": azimuth,
-        "elevation": elevation,
+        "images": torch.cat(images)[:n],
+        "view": rep(view_of(azimuth, elevation)),
+        "family": rep(family),
+        "colour": colours.reshape(-1)[:n],
+        "azimuth": rep(azimuth),
+        "elevation": rep(elevation),
     }
 
 
@@ -101,7 +117,7 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return x.clamp(0, 1)
 
 
-def accuracy(model: ToyClassifier, data: Dict[str, torch.Tensor], batch: int = 512) -> Dict[str, float]:
+def accuracy(model: ToyClassifier, data: dict[str, torch.Tensor], batch: int = 512) -> dict[str, float]:
     correct = {k: 0 for k in HEADS}
     n = len(data["view"])
     for i in range(0, n, batch):
@@ -115,8 +131,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(ROOT / "assets" / "toy-classifier"), help="folder to write (replaced)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-images", type=int, default=6000)
-    p.add_argument("--test-images", type=int, default=1000)
+    p.add_argument("--train-images", type=int, default=8000)
+    p.add_argument("--test-images", type=int, default=1200)
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=2e-3)

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 import shutil
 import signal
@@ -32,7 +31,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
 
 import numpy as np
 import torch
@@ -42,54 +40,54 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dreamperp.toy.captions import CaptionBias  # noqa: E402
-from dreamperp.toy.world import COLOUR_NAMES, FAMILIES, sample_toy_batch  # noqa: E402
+from dreamperp.toy.captions import CaptionBias
+from dreamperp.toy.world import COLOUR_NAMES, FAMILIES, sample_toy_batch
 
 DATA_VERSION = 1  # bump when the world or the captions change: cached data is keyed by it
 MARKER_FILE = "dreamperp_toy_prior.json"
 MAX_LENGTH = 16  # toy captions are at most ~8 tokens
-SCHEDULER_CONFIG = dict(
-    num_train_timesteps=1000,
-    beta_schedule="squaredcos_cap_v2",
-    prediction_type="epsilon",
-    clip_sample=True,  # pixel space: keep x0 estimates in the image range when sampling
-    clip_sample_range=1.0,
-)
+SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_schedule": "squaredcos_cap_v2",
+    "prediction_type": "epsilon",
+    "clip_sample": True,  # pixel space: keep x0 estimates in the image range when sampling
+    "clip_sample_range": 1.0,
+}
 GRID_SCALES = (1.0, 3.0, 7.5, 20.0)
 
 
 # ------------------------------------------------------------------------------------------ models
-def unet_config(channels: List[int], size: int, text_dim: int) -> Dict:
+def unet_config(channels: list[int], size: int, text_dim: int) -> dict:
     """UNet with cross-attention only at the lowest resolution (and in the mid block)."""
     n = len(channels)
-    return dict(
-        sample_size=size,
-        in_channels=3,
-        out_channels=3,
-        down_block_types=tuple(["DownBlock2D"] * (n - 1) + ["CrossAttnDownBlock2D"]),
-        up_block_types=tuple(["CrossAttnUpBlock2D"] + ["UpBlock2D"] * (n - 1)),
-        block_out_channels=tuple(channels),
-        layers_per_block=2,
-        norm_num_groups=16 if min(channels) % 16 == 0 else 8,
-        cross_attention_dim=text_dim,
-        attention_head_dim=max(1, channels[-1] // 32),  # diffusers' name for the number of heads
-    )
+    return {
+        "sample_size": size,
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": tuple(["DownBlock2D"] * (n - 1) + ["CrossAttnDownBlock2D"]),
+        "up_block_types": tuple(["CrossAttnUpBlock2D"] + ["UpBlock2D"] * (n - 1)),
+        "block_out_channels": tuple(channels),
+        "layers_per_block": 2,
+        "norm_num_groups": 16 if min(channels) % 16 == 0 else 8,
+        "cross_attention_dim": text_dim,
+        "attention_head_dim": max(1, channels[-1] // 32),  # diffusers' name for the number of heads
+    }
 
 
-def text_config(vocab_size: int, dim: int) -> Dict:
-    return dict(
-        vocab_size=vocab_size,
-        hidden_size=dim,
-        intermediate_size=2 * dim,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        max_position_embeddings=MAX_LENGTH,
-        hidden_act="quick_gelu",
-        projection_dim=dim,
-        bos_token_id=vocab_size - 2,
-        eos_token_id=vocab_size - 1,
-        pad_token_id=vocab_size - 1,
-    )
+def text_config(vocab_size: int, dim: int) -> dict:
+    return {
+        "vocab_size": vocab_size,
+        "hidden_size": dim,
+        "intermediate_size": 2 * dim,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "max_position_embeddings": MAX_LENGTH,
+        "hidden_act": "quick_gelu",
+        "projection_dim": dim,
+        "bos_token_id": vocab_size - 2,
+        "eos_token_id": vocab_size - 1,
+        "pad_token_id": vocab_size - 1,
+    }
 
 
 def write_tokenizer(folder: Path) -> int:
@@ -98,7 +96,10 @@ def write_tokenizer(folder: Path) -> int:
 
     vocab, merges = tokenizer_files()
     folder.mkdir(parents=True, exist_ok=True)
-    dump = lambda name, obj: (folder / name).write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")  # noqa: E731
+
+    def dump(name: str, obj: object) -> None:
+        (folder / name).write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
     dump("vocab.json", vocab)
     (folder / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
     special = {"bos_token": BOS_TOKEN, "eos_token": EOS_TOKEN, "pad_token": EOS_TOKEN, "unk_token": EOS_TOKEN}
@@ -128,12 +129,12 @@ class Models:
         self.ema_text = copy.deepcopy(self.text).requires_grad_(False)
         self.scheduler = DDPMScheduler(**SCHEDULER_CONFIG)
 
-    def to(self, device: str) -> "Models":
+    def to(self, device: str) -> Models:
         for m in (self.unet, self.text, self.ema_unet, self.ema_text):
             m.to(device)
         return self
 
-    def ids(self, captions: List[str], device: str) -> torch.Tensor:
+    def ids(self, captions: list[str], device: str) -> torch.Tensor:
         return self.tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, truncation=True, return_tensors="pt").input_ids.to(device)
 
     def parameters(self):
@@ -147,17 +148,17 @@ class Models:
 
 
 # -------------------------------------------------------------------------------------------- data
-def load_data(work: Path, seed: int, n: int, size: int, device: str) -> Dict[str, np.ndarray]:
+def load_data(work: Path, seed: int, n: int, size: int, device: str) -> dict[str, np.ndarray]:
     """The cached dataset (rendered once from ``seed``): images uint8 ``[N, size, size, 3]``, captions, ground truth."""
     path = work / f"data-v{DATA_VERSION}-seed{seed}-n{n}-s{size}.npz"
     if not path.is_file():
         print(f"rendering {n} toy images to {path} ...", flush=True)
         t0 = time.time()
         gen = torch.Generator().manual_seed(seed)
-        parts: Dict[str, list] = {k: [] for k in ("images", "family", "colour", "view", "label", "azimuth", "elevation", "captions")}
+        parts: dict[str, list] = {k: [] for k in ("images", "family", "colour", "view", "label", "azimuth", "elevation", "captions")}
         chunk = 1024
         for i in range(0, n, chunk):
-            b = sample_toy_batch(min(chunk, n - i), size=size, generator=gen, device=device)
+            b = sample_toy_batch(min(chunk, n - i), size=size, generator=gen, device=device, every_colour=True)
             parts["images"].append((b.images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy())
             for k in ("family", "colour", "view", "label", "azimuth", "elevation"):
                 parts[k].append(getattr(b, k).numpy())
@@ -173,7 +174,7 @@ def load_data(work: Path, seed: int, n: int, size: int, device: str) -> Dict[str
 
 # ---------------------------------------------------------------------------------------- sampling
 @torch.no_grad()
-def sample_grid(models: Models, prompts: List[str], scales, device: str, seed: int = 0, steps: int = 50) -> torch.Tensor:
+def sample_grid(models: Models, prompts: list[str], scales, device: str, seed: int = 0, steps: int = 50) -> torch.Tensor:
     """DDIM samples from the EMA: ``[len(scales), len(prompts), 3, H, W]`` in [0, 1], the same noise for every scale."""
     from diffusers import DDIMScheduler
 
@@ -204,7 +205,7 @@ def save_grid(grid: torch.Tensor, path: Path) -> None:
     Image.fromarray((img * 255).round().byte().numpy()).resize((img.shape[1] * 2, img.shape[0] * 2), Image.NEAREST).save(path)
 
 
-def grid_prompts() -> List[str]:
+def grid_prompts() -> list[str]:
     return [f"a {c} {f}" for f in FAMILIES for c in COLOUR_NAMES]
 
 
@@ -390,13 +391,13 @@ def export(args: argparse.Namespace) -> None:
     print(f"exported EMA weights of step {state['step']} to {out} ({size / 1e6:.1f} MB)")
 
 
-def main(argv: List[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="/work/toy-train", help="work folder: data cache, checkpoint, log, sample grids")
     p.add_argument("--resume", action="store_true", help="continue from WORK/checkpoint.pt (with its own settings)")
     p.add_argument("--export", metavar="DIR", help="write the EMA pipeline folder of WORK's checkpoint to DIR and exit")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-images", type=int, default=24000, help="size of the rendered dataset")
+    p.add_argument("--num-images", type=int, default=16000, help="size of the rendered dataset")
     p.add_argument("--size", type=int, default=32, help="image size (UNet sample_size)")
     p.add_argument("--channels", default="32,64,64", help="UNet block_out_channels (cross-attention in the last)")
     p.add_argument("--text-dim", type=int, default=64, help="text encoder width = UNet cross_attention_dim")

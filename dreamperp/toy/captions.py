@@ -15,19 +15,18 @@ knob holds exactly: the images' views, the share of suffixes, and what each labe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
 
 import torch
 
-VIEWS: Tuple[str, ...] = ("front", "side", "back", "overhead")
+VIEWS: tuple[str, ...] = ("front", "side", "back", "overhead")
 
 
-def _default_marginal() -> Dict[str, float]:
+def _default_marginal() -> dict[str, float]:
     # What the images show: mostly fronts, as photos of things on the web.
     return {"front": 0.60, "side": 0.25, "back": 0.10, "overhead": 0.05}
 
 
-def _default_mislabel() -> Dict[str, Dict[str, float]]:
+def _default_mislabel() -> dict[str, dict[str, float]]:
     # P(view the image shows | caption says "<label> view"). "back view" and "side view" are often
     # wrong as on the web (the issue's numbers); "front view" and "overhead view" are 90% right, and
     # how their 10% of errors split (front: mostly sides; overhead: the front) is our choice.
@@ -48,11 +47,11 @@ class CaptionBias:
     mislabel: for each suffix label, the distribution of the view the image really shows.
     """
 
-    view_marginal: Dict[str, float] = field(default_factory=_default_marginal)
+    view_marginal: dict[str, float] = field(default_factory=_default_marginal)
     suffix_prob: float = 0.5
-    mislabel: Dict[str, Dict[str, float]] = field(default_factory=_default_mislabel)
+    mislabel: dict[str, dict[str, float]] = field(default_factory=_default_mislabel)
 
-    def label_marginal(self) -> Dict[str, float]:
+    def label_marginal(self) -> dict[str, float]:
         """Share of each suffix label among suffixed captions, so that their true views follow ``view_marginal``.
 
         Solves ``sum_l q(l) mislabel[l][t] = view_marginal[t]`` for q; raises ValueError when no
@@ -75,7 +74,7 @@ class CaptionSample:
     label: torch.Tensor
 
 
-def sample_views(bias: CaptionBias, n: int, generator: Optional[torch.Generator] = None) -> CaptionSample:
+def sample_views(bias: CaptionBias, n: int, generator: torch.Generator | None = None) -> CaptionSample:
     """Draw the true view and the caption's view label of ``n`` images (see the module docstring)."""
     marginal = torch.tensor([bias.view_marginal[v] for v in VIEWS], dtype=torch.float64)
     q = bias.label_marginal()
@@ -97,6 +96,6 @@ def caption(colour: str, family: str, label: int = -1) -> str:
     return text if label < 0 else f"{text}, {VIEWS[label]} view"
 
 
-def captions(colours: List[str], families: List[str], labels: List[int]) -> List[str]:
+def captions(colours: list[str], families: list[str], labels: list[int]) -> list[str]:
     """Captions of many images (lists of equal length)."""
     return [caption(c, f, lab) for c, f, lab in zip(colours, families, labels)]

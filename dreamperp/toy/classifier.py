@@ -10,8 +10,8 @@ Retrained by ``tools/train_toy_classifier.py``.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Dict, List, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +40,7 @@ class ToyClassifier(nn.Module):
         super().__init__()
         self.channels = list(channels)
         self.size = int(size)
-        layers: List[nn.Module] = []
+        layers: list[nn.Module] = []
         cin = 3
         for c in self.channels:
             layers += [_block(cin, c), nn.AvgPool2d(2)]
@@ -52,7 +52,7 @@ class ToyClassifier(nn.Module):
             "colour": nn.Linear(cin, len(COLOUR_NAMES)),
         })
 
-    def forward(self, images: Tensor) -> Dict[str, Tensor]:
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
         if images.shape[-2:] != (self.size, self.size):
             images = F.interpolate(images, size=(self.size, self.size), mode="area")
         h = self.features(images * 2 - 1)
@@ -61,7 +61,7 @@ class ToyClassifier(nn.Module):
         return {k: head(feat) for k, head in self.heads.items()}
 
     @torch.no_grad()
-    def predict(self, images: Tensor) -> Dict[str, Tensor]:
+    def predict(self, images: Tensor) -> dict[str, Tensor]:
         """Predicted indices per head ``[B]`` (into VIEWS, FAMILIES, COLOUR_NAMES)."""
         was = self.training
         self.eval()
@@ -69,7 +69,7 @@ class ToyClassifier(nn.Module):
         self.train(was)
         return out
 
-    def config(self) -> Dict:
+    def config(self) -> dict:
         return {
             "channels": self.channels,
             "size": self.size,
@@ -89,7 +89,7 @@ class ToyClassifier(nn.Module):
         return out
 
     @classmethod
-    def load(cls, folder: str | Path, device: torch.device | str = "cpu") -> "ToyClassifier":
+    def load(cls, folder: str | Path, device: torch.device | str = "cpu") -> ToyClassifier:
         from safetensors.torch import load_file
 
         path = Path(folder)

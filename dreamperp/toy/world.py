@@ -13,29 +13,29 @@ front below 45°, side from 45° to 135°, back above 135°.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamperp.cameras import CameraBatch, camera_rays, make_cameras
+from dreamperp.cameras import CameraBatch, camera_rays, make_cameras, wrap_azimuth
 from dreamperp.config import DataConfig
 from dreamperp.toy.captions import VIEWS, CaptionBias, caption, sample_views
 
-FAMILIES: Tuple[str, ...] = ("bird", "cat", "robot")
-COLOURS: Dict[str, Tuple[float, float, float]] = {
+FAMILIES: tuple[str, ...] = ("bird", "cat", "robot")
+COLOURS: dict[str, tuple[float, float, float]] = {
     "red": (0.86, 0.10, 0.08),
     "green": (0.12, 0.68, 0.18),
     "blue": (0.12, 0.28, 0.92),
     "yellow": (0.96, 0.84, 0.08),
 }
-COLOUR_NAMES: Tuple[str, ...] = tuple(COLOURS)
+COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 
 # Part ids of the part mask (0 is the background). "face", "eye" and "front" parts are only visible
 # from the front half; "back" parts are the big cues behind.
-PART_NAMES: Tuple[str, ...] = ("background", "body", "face", "eye", "front", "back", "side")
+PART_NAMES: tuple[str, ...] = ("background", "body", "face", "eye", "front", "back", "side")
 PART = {name: i for i, name in enumerate(PART_NAMES)}
 
 OVERHEAD_MIN_ELEVATION = 60.0  # views above this elevation are "overhead"
@@ -51,9 +51,9 @@ _CYAN = (0.20, 0.95, 1.00)
 
 # (part, kind, centre, semi-axes, (pitch about y, yaw about z) in degrees, colour): colour "body" is
 # the object's colour, "dark" a darker shade of it, else a fixed RGB.
-_Part = Tuple[str, str, Tuple[float, float, float], Tuple[float, float, float], Tuple[float, float], object]
+_Part = tuple[str, str, tuple[float, float, float], tuple[float, float, float], tuple[float, float], object]
 
-_SHAPES: Dict[str, List[_Part]] = {
+_SHAPES: dict[str, list[_Part]] = {
     "bird": [
         ("body", "ellipsoid", (0.0, 0.0, -0.08), (0.36, 0.31, 0.31), (0, 0), "body"),
         ("body", "ellipsoid", (0.20, 0.0, 0.20), (0.23, 0.23, 0.22), (0, 0), "body"),
@@ -114,7 +114,7 @@ class _Shape:
     rot: Tensor
     is_box: Tensor
     part_id: Tensor
-    colours: List[object]
+    colours: list[object]
 
     def part_colours(self, body: Tensor) -> Tensor:
         """Per-image part colours ``[B, P, 3]`` for body colours ``body [B, 3]``."""
@@ -141,34 +141,41 @@ def _shape(family: str, device: torch.device) -> _Shape:
     )
 
 
-def _intersect(shape: _Shape, rays_o: Tensor, rays_d: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+def _intersect(shape: _Shape, rays_o: Tensor, rays_d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Nearest hit of rays ``[N, 3]`` with the shape's parts: ``t [N]`` (inf on a miss), part index ``[N]``, unit normal ``[N, 3]``."""
-    # Into each part's frame, scaled so the part is the unit sphere / the cube [-1, 1]^3.
-    o = torch.einsum("npj,pjk->npk", (rays_o[:, None, :] - shape.centre), shape.rot) / shape.axes  # R^T (o - c) / s
-    d = torch.einsum("nj,pjk->npk", rays_d, shape.rot) / shape.axes
-    # Ellipsoids: |o + t d|^2 = 1, the nearer root.
-    a = (d * d).sum(-1)
-    b = (o * d).sum(-1)
-    c = (o * o).sum(-1) - 1.0
-    disc = b * b - a * c
-    t_ell = (-b - disc.clamp_min(0).sqrt()) / a
-    t_ell = torch.where((disc > 0) & (t_ell > 0), t_ell, torch.full_like(t_ell, math.inf))
-    # Boxes: slabs.
-    inv = 1.0 / torch.where(d.abs() < 1e-12, torch.full_like(d, 1e-12), d)
-    t1, t2 = (-1.0 - o) * inv, (1.0 - o) * inv
-    t_near, face_axis = torch.minimum(t1, t2).max(-1)
-    t_far = torch.maximum(t1, t2).min(-1).values
-    t_box = torch.where((t_far >= t_near) & (t_near > 0), t_near, torch.full_like(t_near, math.inf))
-    t_all = torch.where(shape.is_box, t_box, t_ell)  # [N, P]
+
+    def local(parts: Tensor, o: Tensor, d: Tensor) -> tuple[Tensor, Tensor]:
+        # Into each part's frame, scaled so the part is the unit sphere / the cube [-1, 1]^3: R^T (x - c) / s.
+        rot, axes = shape.rot[parts], shape.axes[parts]
+        return (torch.einsum("npj,pjk->npk", o[:, None, :] - shape.centre[parts], rot) / axes,
+                torch.einsum("nj,pjk->npk", d, rot) / axes)
+
+    n_rays, n_parts = rays_o.shape[0], shape.centre.shape[0]
+    t_all = torch.full((n_rays, n_parts), math.inf, device=rays_o.device)
+    ell, box = (~shape.is_box).nonzero().squeeze(-1), shape.is_box.nonzero().squeeze(-1)
+    if ell.numel():  # ellipsoids: |o + t d|^2 = 1, the nearer root
+        o, d = local(ell, rays_o, rays_d)
+        a, b, c = (d * d).sum(-1), (o * d).sum(-1), (o * o).sum(-1) - 1.0
+        disc = b * b - a * c
+        t = (-b - disc.clamp_min(0).sqrt()) / a
+        t_all[:, ell] = torch.where((disc > 0) & (t > 0), t, math.inf)
+    if box.numel():  # boxes: slabs
+        o, d = local(box, rays_o, rays_d)
+        inv = 1.0 / torch.where(d.abs() < 1e-12, 1e-12, d)
+        t1, t2 = (-1.0 - o) * inv, (1.0 - o) * inv
+        t_near = torch.minimum(t1, t2).amax(-1)
+        t_far = torch.maximum(t1, t2).amin(-1)
+        t_all[:, box] = torch.where((t_far >= t_near) & (t_near > 0), t_near, math.inf)
     t, idx = t_all.min(-1)
-    # Normals in the part frame: the hit point (sphere) or the slab's axis (box), to world by R (n / s).
-    take = idx[:, None, None].expand(-1, 1, 3)
-    o_i, d_i = o.gather(1, take).squeeze(1), d.gather(1, take).squeeze(1)
+    # Normal at the hit, in the hit part's frame: the point itself (sphere) or the axis of the cube
+    # face it lies on; to world by R (n / s).
+    rot, axes = shape.rot[idx], shape.axes[idx]
+    o_i = torch.einsum("nj,njk->nk", rays_o - shape.centre[idx], rot) / axes
+    d_i = torch.einsum("nj,njk->nk", rays_d, rot) / axes
     p_local = o_i + t.clamp(max=1e6)[:, None] * d_i
-    axis = face_axis.gather(1, idx[:, None]).squeeze(1)
-    n_box = F.one_hot(axis, 3).to(o.dtype) * -torch.sign(d_i)
+    n_box = F.one_hot(p_local.abs().argmax(-1), 3).to(p_local.dtype) * torch.sign(p_local)
     n_local = torch.where(shape.is_box[idx][:, None], n_box, p_local)
-    n = torch.einsum("nij,nj->ni", shape.rot[idx], n_local / shape.axes[idx])
+    n = torch.einsum("nij,nj->ni", rot, n_local / axes)
     return t, idx, F.normalize(n, dim=-1)
 
 
@@ -184,15 +191,16 @@ def render(
     colour: Tensor,
     cams: CameraBatch,
     supersample: int = 3,
-    light_dir: Optional[Tensor] = None,
+    light_dir: Tensor | None = None,
     return_parts: bool = False,
-) -> Tensor | Tuple[Tensor, Tensor]:
-    """Render objects (indices into FAMILIES and COLOUR_NAMES, ``[B]``) seen by ``cams``.
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Render objects (indices into FAMILIES ``[B]`` and COLOUR_NAMES ``[B]``) seen by ``cams``.
 
     Returns images ``[B, 3, H, W]`` in [0, 1] (rendered at ``supersample`` times the size and
     area-averaged, so edges are anti-aliased) and, with ``return_parts``, the part ids
     ``[B, H*s, W*s]`` (PART_NAMES) at the supersampled size. ``light_dir [B, 3]`` points from the
-    object to the light (default: towards the camera, raised a little).
+    object to the light (default: towards the camera, raised a little). With ``colour [B, K]``
+    each view is ray-cast once and shaded in K colours: images ``[B, K, 3, H, W]``.
     """
     dev = cams.device
     b, h, w, s = len(cams), cams.height, cams.width, int(supersample)
@@ -200,8 +208,11 @@ def render(
     if light_dir is None:
         light_dir = cams.position / cams.radius[:, None] + torch.tensor([0.0, 0.0, 0.5], device=dev)
     light_dir = F.normalize(light_dir.to(dev).float(), dim=-1)
-    body = torch.tensor(list(COLOURS.values()), device=dev)[colour.to(dev)]
-    img = torch.ones(b, h * s, w * s, 3, device=dev)
+    per_view = colour.dim() == 2
+    colour = colour.to(dev) if per_view else colour.to(dev)[:, None]
+    k = colour.shape[1]
+    body = torch.tensor(list(COLOURS.values()), device=dev)[colour]  # [B, K, 3]
+    img = torch.ones(b, k, h * s, w * s, 3, device=dev)
     parts = torch.zeros(b, h * s, w * s, dtype=torch.long, device=dev)
     for fi, name in enumerate(FAMILIES):
         sel = (family.to(dev) == fi).nonzero().squeeze(-1)
@@ -219,16 +230,17 @@ def render(
         if near.any():
             t[near], idx[near], n[near] = _intersect(shape, o[near], d[near])
         hit = torch.isfinite(t)
-        cols = shape.part_colours(body[sel])  # [b', P, 3]
+        cols = shape.part_colours(body[sel].reshape(-1, 3)).view(len(sel), k, -1, 3)  # [b', K, P, 3]
         per_ray_img = torch.arange(len(sel), device=dev).repeat_interleave(h * s * w * s)
-        albedo = cols[per_ray_img, idx]
+        albedo = cols[per_ray_img, :, idx]  # [R, K, 3]
         lam = (n * light_dir[sel][per_ray_img]).sum(-1).clamp_min(0)
-        shaded = albedo * (0.38 + 0.62 * lam)[:, None]
-        rgb = torch.where(hit[:, None], shaded, torch.ones_like(shaded))
-        img[sel] = rgb.view(len(sel), h * s, w * s, 3)
+        shaded = albedo * (0.38 + 0.62 * lam)[:, None, None]
+        rgb = torch.where(hit[:, None, None], shaded, torch.ones_like(shaded))
+        img[sel] = rgb.view(len(sel), h * s, w * s, k, 3).permute(0, 3, 1, 2, 4)
         parts[sel] = torch.where(hit, shape.part_id[idx], torch.zeros_like(idx)).view(len(sel), h * s, w * s)
-    out = F.avg_pool2d(img.permute(0, 3, 1, 2), s) if s > 1 else img.permute(0, 3, 1, 2)
-    out = out.clamp(0, 1)
+    out = img.permute(0, 1, 4, 2, 3).reshape(b * k, 3, h * s, w * s)
+    out = (F.avg_pool2d(out, s) if s > 1 else out).clamp(0, 1).view(b, k, 3, h, w)
+    out = out if per_view else out[:, 0]
     return (out, parts) if return_parts else out
 
 
@@ -247,12 +259,12 @@ class ToyBatch:
     elevation: Tensor
     radius: Tensor
     fovy: Tensor
-    captions: List[str]
+    captions: list[str]
 
 
 def sample_poses_for_views(
-    views: Tensor, data: DataConfig, generator: Optional[torch.Generator] = None
-) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    views: Tensor, data: DataConfig, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Camera angles showing the given views (VIEWS indices ``[N]``): azimuth, elevation, radius, fovy ``[N]``.
 
     Elevation, radius and fov come from the text-to-3D training ranges of ``data``; overhead views use
@@ -277,39 +289,51 @@ def sample_poses_for_views(
 def sample_toy_batch(
     n: int,
     size: int = 32,
-    generator: Optional[torch.Generator] = None,
-    bias: Optional[CaptionBias] = None,
-    data: Optional[DataConfig] = None,
+    generator: torch.Generator | None = None,
+    bias: CaptionBias | None = None,
+    data: DataConfig | None = None,
     device: torch.device | str = "cpu",
     supersample: int = 3,
     chunk: int = 32,
+    every_colour: bool = False,
 ) -> ToyBatch:
     """``n`` random toy images with captions and ground truth (reproducible from ``generator``).
 
     Family and colour are uniform; views and caption labels follow ``bias`` (CaptionBias defaults);
-    the light sits near the camera with a random offset.
+    the light sits near the camera with a random offset. With ``every_colour`` each drawn pose
+    (family, camera, light, caption label) is rendered once in every colour, consecutively: the
+    marginals are the same and ray casting costs a quarter, at the price of images correlated in
+    groups of len(COLOURS).
     """
     bias = bias or CaptionBias()
     data = data or DataConfig()
-    family = torch.randint(len(FAMILIES), (n,), generator=generator)
-    colour = torch.randint(len(COLOURS), (n,), generator=generator)
-    views = sample_views(bias, n, generator)
+    k = len(COLOURS) if every_colour else 1
+    m = -(-n // k)  # poses
+    family = torch.randint(len(FAMILIES), (m,), generator=generator)
+    colour = torch.arange(k).repeat(m, 1) if every_colour else torch.randint(len(COLOURS), (m, 1), generator=generator)
+    views = sample_views(bias, m, generator)
     azimuth, elevation, radius, fovy = sample_poses_for_views(views.true_view, data, generator)
-    noise = 0.35 * torch.randn(n, 3, generator=generator)
+    noise = 0.35 * torch.randn(m, 3, generator=generator)
     images = []
-    for i in range(0, n, chunk):
+    for i in range(0, m, chunk):
         sl = slice(i, i + chunk)
         cams = make_cameras(elevation[sl], azimuth[sl], radius[sl], fovy[sl], size, size).to(device)
         light = cams.position / cams.radius[:, None] + torch.tensor([0.0, 0.0, 0.5], device=device) + noise[sl].to(device)
         images.append(render(family[sl], colour[sl], cams, supersample, light_dir=light).cpu())
-    caps = [caption(COLOUR_NAMES[c], FAMILIES[f], lab) for c, f, lab in zip(colour.tolist(), family.tolist(), views.label.tolist())]
+
+    def per_image(x: Tensor) -> Tensor:  # pose values repeated for each of its colours, first n
+        return x.repeat_interleave(k, 0)[:n]
+
+    family, colour, label = per_image(family), colour.reshape(-1)[:n], per_image(views.label)
+    azimuth, elevation, radius, fovy = (per_image(x) for x in (azimuth, elevation, radius, fovy))
+    caps = [caption(COLOUR_NAMES[c], FAMILIES[f], lab) for c, f, lab in zip(colour.tolist(), family.tolist(), label.tolist())]
     return ToyBatch(
-        images=torch.cat(images),
+        images=torch.cat(images).reshape(m * k, 3, size, size)[:n],
         family=family,
         colour=colour,
         view=view_of(azimuth, elevation),
-        label=views.label,
-        azimuth=make_cameras(elevation, azimuth, radius, fovy, 1, 1).azimuth_deg,
+        label=label,
+        azimuth=wrap_azimuth(azimuth),
         elevation=elevation,
         radius=radius,
         fovy=fovy,
@@ -317,7 +341,7 @@ def sample_toy_batch(
     )
 
 
-def all_prompts(views: Sequence[Optional[str]] = (None,)) -> List[str]:
+def all_prompts(views: Sequence[str | None] = (None,)) -> list[str]:
     """Every ``"a {colour} {family}"`` prompt, optionally with each of the given view suffixes."""
     out = []
     for f in FAMILIES:
