@@ -41,15 +41,15 @@ def _part_pixels(family: int, azimuth: list[float], elevation: list[float]) -> d
 def test_front_faces_azimuth_zero_and_the_back_hides_it(family: int) -> None:
     # Up to 30 degrees: from higher behind, the top edge of the bird's face mask shows over its head.
     elev = [-10.0, 15.0, 30.0]
-    front = _part_pixels(family, [0.0] * 3, elev)
-    back = _part_pixels(family, [180.0] * 3, elev)
-    left, right = _part_pixels(family, [90.0] * 3, elev), _part_pixels(family, [-90.0] * 3, elev)
+    counts = _part_pixels(family, [a for a in (0.0, 180.0, 90.0, -90.0) for _ in elev], elev * 4)
+    front, back, left, right = ({k: v[i * 3:(i + 1) * 3] for k, v in counts.items()} for i in range(4))
     for name in FRONT_ONLY:
         assert (front[name] > 20).all(), (FAMILIES[family], name, front[name])  # the face and eyes are big from the front
         assert (back[name] == 0).all(), (FAMILIES[family], name, back[name])  # and absent from behind
     # The front view shows more face than either side; the mirror-symmetric sides show the same amounts.
     assert (front["face"] > left["face"]).all() and (front["face"] > right["face"]).all()
-    assert torch.equal(left["face"], right["face"]) and torch.equal(left["body"], right["body"])
+    # (a pixel may flip where a ray grazes an edge, so up to 2 of ~1000)
+    assert (left["face"] - right["face"]).abs().max() <= 2 and (left["body"] - right["body"]).abs().max() <= 2
     if FAMILIES[family] != "cat":  # the cat's back is plain; the bird's tail and the robot's pack are big
         assert (back["back"] > 3 * front["back"].clamp_min(1)).all()
         assert (back["back"] > 60).all()

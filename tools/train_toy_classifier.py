@@ -32,10 +32,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dreamperp.cameras import make_cameras
-from dreamperp.config import DataConfig
-from dreamperp.toy.classifier import HEADS, ToyClassifier
-from dreamperp.toy.world import (
+from dreamperp.cameras import make_cameras  # noqa: E402
+from dreamperp.config import DataConfig  # noqa: E402
+from dreamperp.toy.classifier import HEADS, ToyClassifier  # noqa: E402
+from dreamperp.toy.world import (  # noqa: E402
     COLOURS,
     FAMILIES,
     OVERHEAD_ELEVATION_RANGE,
@@ -176,6 +176,8 @@ def main(argv=None) -> int:
         (tmp / "accuracy.json").write_text(json.dumps({"held_out": acc, "held_out_augmented": acc_aug, "test_images": args.test_images,
                                                        "train_images": args.train_images, "steps": args.steps, "seed": args.seed}, indent=2) + "\n")
         os.chmod(tmp, 0o755)
+        for f in tmp.rglob("*"):  # safetensors writes files private too
+            os.chmod(f, 0o755 if f.is_dir() else 0o644)
         if out.exists():
             shutil.rmtree(out)
         os.rename(tmp, out)

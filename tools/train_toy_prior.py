@@ -40,8 +40,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dreamperp.toy.captions import CaptionBias
-from dreamperp.toy.world import COLOUR_NAMES, FAMILIES, sample_toy_batch
+from dreamperp.toy.captions import CaptionBias  # noqa: E402
+from dreamperp.toy.world import COLOUR_NAMES, FAMILIES, sample_toy_batch  # noqa: E402
 
 DATA_VERSION = 1  # bump when the world or the captions change: cached data is keyed by it
 MARKER_FILE = "dreamperp_toy_prior.json"
@@ -383,6 +383,8 @@ def export(args: argparse.Namespace) -> None:
         if out.exists():
             os.rename(out, old)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private
+        for f in tmp.rglob("*"):  # safetensors writes files private too
+            os.chmod(f, 0o755 if f.is_dir() else 0o644)
         os.rename(tmp, out)
         shutil.rmtree(old, ignore_errors=True)
     finally:
