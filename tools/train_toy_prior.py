@@ -14,6 +14,7 @@ are written to ``WORK/samples/``.
     python tools/train_toy_prior.py --work /work/toy-train              # train (forever, or --steps N)
     python tools/train_toy_prior.py --work /work/toy-train --resume     # continue after a stop
     python tools/train_toy_prior.py --work /work/toy-train --export assets/toy-prior   # write the EMA pipeline
+    python tools/train_toy_prior.py --work /work/toy-train --evaluate   # score EMA samples with the toy classifier
 
 The exported folder: model_index.json, unet/, text_encoder/, tokenizer/, scheduler/ (no vae/:
 the model input is the image itself, in [-1, 1] at ``unet.config.sample_size``).
@@ -393,11 +394,55 @@ def export(args: argparse.Namespace) -> None:
     print(f"exported EMA weights of step {state['step']} to {out} ({size / 1e6:.1f} MB)")
 
 
+def evaluate(args: argparse.Namespace) -> None:
+    """Sample every "a {colour} {family}" from the checkpoint's EMA and score the samples with the toy classifier.
+
+    Prints the share classified as the right family and colour (the issue's bar: >= 90% at 50 DDIM
+    steps, scale 7.5), the view distribution of the samples, and writes both with a grid to WORK/eval/.
+    """
+    from dreamperp.toy.assets import toy_asset_path
+    from dreamperp.toy.captions import VIEWS
+    from dreamperp.toy.classifier import ToyClassifier
+
+    work = Path(args.work)
+    ckpt = checkpoint_path(work)
+    if not ckpt.is_file():
+        raise SystemExit(f"--evaluate: no checkpoint at {ckpt} (train first)")
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    device = args.device
+    saved = argparse.Namespace(**{**state["args"], "device": device})
+    models = Models(saved, work)
+    models.ema_unet.load_state_dict(state["ema_unet"])
+    models.ema_text.load_state_dict(state["ema_text"])
+    models.to(device)
+    classifier = ToyClassifier.load(toy_asset_path("toy-classifier"), device)
+    prompts = grid_prompts()
+    n = args.eval_samples
+    t0 = time.time()
+    samples = torch.cat([sample_grid(models, prompts, (args.eval_scale,), device, seed=1000 + i)[0] for i in range(n)])  # [n * P, 3, H, W]
+    pred = classifier.predict(samples.to(device))
+    fam = torch.tensor([FAMILIES.index(p.split()[2]) for p in prompts]).repeat(n)
+    col = torch.tensor([COLOUR_NAMES.index(p.split()[1]) for p in prompts]).repeat(n)
+    ok = (pred["family"].cpu() == fam) & (pred["colour"].cpu() == col)
+    views = {v: float((pred["view"].cpu() == i).float().mean()) for i, v in enumerate(VIEWS)}
+    per_prompt = {p: float(ok.view(n, -1)[:, j].float().mean()) for j, p in enumerate(prompts)}
+    result = {"step": int(state["step"]), "scale": args.eval_scale, "samples_per_prompt": n, "ddim_steps": 50,
+              "right_family_and_colour": float(ok.float().mean()), "per_prompt": per_prompt, "views": views, "seconds": time.time() - t0}
+    out = work / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"step-{state['step']:07d}-scale{args.eval_scale:g}.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_grid(samples.view(n, len(prompts), *samples.shape[1:]), out / f"step-{state['step']:07d}-scale{args.eval_scale:g}.png")
+    print(json.dumps({k: v for k, v in result.items() if k != "per_prompt"}))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="/work/toy-train", help="work folder: data cache, checkpoint, log, sample grids")
     p.add_argument("--resume", action="store_true", help="continue from WORK/checkpoint.pt (with its own settings)")
     p.add_argument("--export", metavar="DIR", help="write the EMA pipeline folder of WORK's checkpoint to DIR and exit")
+    p.add_argument("--evaluate", action="store_true", help="sample every colour x family from WORK's EMA, score with assets/toy-classifier, exit")
+    p.add_argument("--eval-samples", type=int, default=8, help="--evaluate: samples per prompt")
+    p.add_argument("--eval-scale", type=float, default=7.5, help="--evaluate: classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-images", type=int, default=16000, help="size of the rendered dataset")
     p.add_argument("--size", type=int, default=32, help="image size (UNet sample_size)")
@@ -420,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--device cuda: no CUDA device here")
     if args.export:
         export(args)
+    elif args.evaluate:
+        evaluate(args)
     else:
         train(args)
     return 0
