@@ -250,8 +250,30 @@ def train(args: argparse.Namespace) -> None:
         saved = state["args"]
         for k in ("seed", "num_images", "size", "channels", "text_dim", "batch_size", "uncond_prob", "lr", "warmup", "ema_decay"):
             setattr(args, k, saved[k])  # the run's own settings; --steps, --device, timings may change
+    init = None
+    if args.init_from:
+        # Warm start from an exported (committed) prior: its EMA weights become both the live and the
+        # EMA weights, AdamW starts afresh, and the step count and data order continue from its step.
+        # This is how a later session continues training when the work folder is gone.
+        if args.resume:
+            raise SystemExit("--init-from starts a new work folder from an exported prior; it cannot be combined with --resume")
+        src = Path(args.init_from)
+        meta_path = src / "dreamperp_toy_prior.json"
+        if not meta_path.is_file():
+            raise SystemExit(f"--init-from: {src} is not an exported toy prior (no {meta_path.name})")
+        init = json.loads(meta_path.read_text(encoding="utf-8"))
+        for k in ("seed", "num_images", "size", "channels", "text_dim", "batch_size", "uncond_prob", "lr", "warmup", "ema_decay"):
+            setattr(args, k, init["train_args"][k])
     torch.manual_seed(args.seed)
     models = Models(args, work)
+    if init is not None:
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        unet_sd = UNet2DConditionModel.from_pretrained(src / "unet").state_dict()
+        text_sd = CLIPTextModel.from_pretrained(src / "text_encoder").state_dict()
+        for model, sd in ((models.unet, unet_sd), (models.ema_unet, unet_sd), (models.text, text_sd), (models.ema_text, text_sd)):
+            model.load_state_dict(sd)
     if state is not None:
         models.unet.load_state_dict(state["unet"])
         models.text.load_state_dict(state["text"])
@@ -261,7 +283,7 @@ def train(args: argparse.Namespace) -> None:
     opt = torch.optim.AdamW(models.parameters(), lr=args.lr, weight_decay=0.01)
     if state is not None:
         opt.load_state_dict(state["opt"])
-    step = int(state["step"]) if state is not None else 0
+    step = int(state["step"]) if state is not None else int(init["step"]) if init is not None else 0
     del state
     n_unet = sum(p.numel() for p in models.unet.parameters())
     n_text = sum(p.numel() for p in models.text.parameters())
@@ -439,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="/work/toy-train", help="work folder: data cache, checkpoint, log, sample grids")
     p.add_argument("--resume", action="store_true", help="continue from WORK/checkpoint.pt (with its own settings)")
+    p.add_argument("--init-from", metavar="DIR", help="start WORK from an exported prior (e.g. assets/toy-prior): continue its training in a new session")
     p.add_argument("--export", metavar="DIR", help="write the EMA pipeline folder of WORK's checkpoint to DIR and exit")
     p.add_argument("--evaluate", action="store_true", help="sample every colour x family from WORK's EMA, score with assets/toy-classifier, exit")
     p.add_argument("--eval-samples", type=int, default=8, help="--evaluate: samples per prompt")
