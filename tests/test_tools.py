@@ -48,10 +48,14 @@ def test_bench_views_smoke(tiny_pixel_dir: Path, tmp_path: Path, monkeypatch, ca
 
     monkeypatch.setattr(bench, "load_classifier", lambda folder, device: Always())
     out = tmp_path / "bench"
-    args = ["--model", str(tiny_pixel_dir), "--quick", "--families", "bird,cat", "--colours", "red", "--out", str(out)]
+    samplers = ["view-prompt", "perp-neg"]
+    args = ["--model", str(tiny_pixel_dir), "--quick", "--families", "bird,cat", "--colours", "red", "--samplers", ",".join(samplers), "--out", str(out)]
+    grad_mode = torch.is_grad_enabled()
     assert bench.main(args) == 0
+    assert torch.is_grad_enabled() == grad_mode  # in-process: the tool leaves torch as it found it
     result = json.loads((out / "bench_views.json").read_text())
-    for sampler in bench.SAMPLERS:
+    assert set(result["table"]) == set(samplers)
+    for sampler in samplers:
         assert (out / f"grid-{sampler}.png").is_file()
         back, side = result["table"][sampler]["back"], result["table"][sampler]["side"]
         assert back["n"] == side["n"] == 4  # 2 prompts x 2 samples
