@@ -168,10 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", required=True, help="output folder: DIR/0000.png, ... and grid.png")
     p.set_defaults(func=_cmd_sample)
 
-    p = sub.add_parser("tiny-model", help="write the tiny random offline Stable Diffusion pipeline",
-                       description="Write a tiny randomly initialised Stable Diffusion pipeline (diffusers layout) for tests and CPU runs.")
+    p = sub.add_parser("tiny-model", help="write a tiny random offline diffusion pipeline (SD, IF or pixel layout)",
+                       description="Write a tiny randomly initialised diffusion pipeline (diffusers layout) for tests and CPU runs.")
     p.add_argument("path", metavar="PATH", help="output folder")
     p.add_argument("--seed", type=int, default=0, help="weight seed (default 0); the same seed gives the same files")
+    p.add_argument("--layout", choices=["sd", "if", "pixel"], default="sd",
+                   help="sd: Stable Diffusion (VAE latents, CLIP; default); if: DeepFloyd IF stage I (pixel space, T5, learned variance); "
+                        "pixel: the toy prior's layout (pixel space, CLIP)")
     p.set_defaults(func=_cmd_tiny_model)
     return parser
 

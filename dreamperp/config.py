@@ -148,6 +148,7 @@ class PerpNegConfig:
     f_fs: List[float] = opt([4.0, 0.5, -2.426], "threestudio: (a, b, c) for the front negative in front of the side.")
     f_sf: List[float] = opt([4.0, 0.5, -2.426], "threestudio: (a, b, c) for the side negative in front of the side.")
     overhead_threshold: float = opt(60.0, "Elevation in degrees above which the overhead view is used (threestudio schedule).", min=0, max=90)
+    projection: bool = opt(True, "Project each negative perpendicular to the positive direction (Perp-Neg); false: subtract the negatives whole (plain negatives, as composable diffusion).")
 
 
 @dataclass
@@ -174,9 +175,13 @@ class SegaConfig:
 
 @dataclass
 class GuidanceConfig:
-    """The frozen Stable Diffusion prior and how its scores become gradients (SDS)."""
+    """The frozen diffusion prior (Stable Diffusion, pixel-space IF layout, toy) and how its scores become gradients (SDS)."""
 
-    model: str = opt("stabilityai/stable-diffusion-2-1-base", "Diffusers SD 1.x/2.x hub id, local pipeline folder, or 'tiny' (offline random test model).")
+    model: str = opt(
+        "stabilityai/stable-diffusion-2-1-base",
+        "Diffusers hub id or local pipeline folder (Stable Diffusion 1.x/2.x, or pixel-space DeepFloyd IF stage I layout); "
+        "'toy' (the shipped toy prior), or 'tiny' / 'tiny-if' / 'tiny-pixel' (offline random test models).",
+    )
     scale: float = opt(100.0, "Classifier-free guidance scale s.", min=0)
     dtype: str = opt("auto", "Prior precision: 'auto' (fp16 on CUDA, fp32 on CPU), 'float32', 'float16' or 'bfloat16'.", choices=["auto", "float32", "float16", "bfloat16"])
     t_min: float = opt(0.02, "Lowest SDS timestep as a fraction of T.", min=0, max=1)
@@ -263,8 +268,8 @@ class SampleConfig:
 
     steps: int = opt(50, "Denoising steps.", min=1)
     num_images: int = opt(1, "Images to generate.", min=1)
-    height: int = opt(512, "Image height in pixels.", min=8, multiple_of=8)
-    width: int = opt(512, "Image width in pixels.", min=8, multiple_of=8)
+    height: int = opt(512, "Image height in pixels (latent models; pixel-space models sample at their own size).", min=8, multiple_of=8)
+    width: int = opt(512, "Image width in pixels (latent models; pixel-space models sample at their own size).", min=8, multiple_of=8)
     scheduler: str = opt("", "Scheduler class name from diffusers (e.g. DDIMScheduler); empty: the model's own.")
     view: str = opt("", "Condition on a view: front, side, back or overhead (empty: use azimuth, or none).", choices=["", *VIEW_NAMES])
     azimuth: Optional[float] = opt(None, "Condition on this camera azimuth in degrees (Perp-Neg weights from the schedule).")

@@ -1,6 +1,7 @@
 """2D text-to-image sampling with Perp-Neg and SEGA guidance (``dreamperp sample``).
 
-The denoising loop uses the prior's guided UNet call, so the guidance is the code SDS trains with.
+The denoising loop uses the prior's guided score (:mod:`dreamperp.guidance.score`) and its backend
+(decode, sampling shape), so the guidance is the code SDS trains with, for every model family.
 With SEGA concepts and no view it reproduces diffusers' ``SemanticStableDiffusionPipeline``
 (same noise from the seed, scheduler, guidance and 8-bit rounding).
 """
@@ -49,10 +50,11 @@ def scheduler_class(name: str) -> Any:
     return cls
 
 
-def make_scheduler(default: Any, name: str) -> Any:
-    """A fresh scheduler: ``default``'s class, or the diffusers class ``name``, with ``default``'s config."""
+def make_scheduler(default: Any, name: str, **overrides: Any) -> Any:
+    """A fresh scheduler: ``default``'s class, or the diffusers class ``name``, with ``default``'s
+    config updated by ``overrides`` (e.g. the backend's ``prediction_type='epsilon'``)."""
     cls = scheduler_class(name) or type(default)
-    return cls.from_config(default.config)
+    return cls.from_config(default.config, **overrides)
 
 
 def _step_kwargs(scheduler: Any, generator: Any, eta: float) -> dict:
@@ -104,34 +106,45 @@ def sample_images(cfg: Config, device: Any = None, prior: Any = None, show_progr
     with ``generator=torch.Generator().manual_seed(seed)``), so the images do not depend on the device.
     SEGA warm-up/cool-down count denoising steps here.
     """
-    import torch
-    from diffusers.utils.torch_utils import randn_tensor
-
     from dreamperp.device import resolve_device
-    from dreamperp.guidance.prior import StableDiffusionPrior
+    from dreamperp.guidance.prior import load_prior
 
     device = resolve_device(device if device is not None else cfg.device)
     if prior is None:
-        prior = StableDiffusionPrior(cfg.guidance, cfg.prompt, cfg.negative_prompt, device)
-    s = cfg.sample
-    scheduler = make_scheduler(prior.scheduler, s.scheduler)
-    n = s.num_images
-    generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    shape = (n, prior.latent_channels, s.height // prior.vae_scale_factor, s.width // prior.vae_scale_factor)
+        prior = load_prior(cfg.guidance, cfg.prompt, cfg.negative_prompt, device)
+    pos_mix, neg_weights = view_weights(cfg, cfg.sample.num_images)
+    return denoise(prior, cfg.sample, pos_mix, neg_weights, cfg.sample.num_images, cfg.seed, show_progress)
+
+
+def denoise(
+    prior: Any, s: SampleConfig, pos_mix: Any, neg_weights: Any, n: int, seed: int, show_progress: bool = False
+) -> np.ndarray:
+    """The 2D sampling loop: ``n`` images float32 ``[n, H, W, 3]`` in [0, 1] from a guided score.
+
+    ``prior``: a :class:`~dreamperp.guidance.score.GuidedScore`; ``s``: steps, size, scheduler and
+    eta; ``pos_mix``/``neg_weights``: ``[n, 4]`` view conditioning per image (None: the plain
+    prompt); noise from a CPU generator seeded with ``seed``.
+    """
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    backend = prior.backend
+    # The guided score returns ε for every model family, so the sampler steps an epsilon scheduler.
+    scheduler = make_scheduler(backend.scheduler, s.scheduler, **backend.sampling_scheduler_overrides())
+    generator = torch.Generator(device="cpu").manual_seed(seed)
+    shape = (n, *backend.sample_shape(s.height, s.width))
 
     with torch.no_grad():
         scheduler.set_timesteps(s.steps, device=prior.device)
-        latents = randn_tensor(shape, generator=generator, device=prior.device, dtype=prior.dtype)
-        latents = latents * scheduler.init_noise_sigma
+        x = randn_tensor(shape, generator=generator, device=prior.device, dtype=prior.dtype)
+        x = x * scheduler.init_noise_sigma
         step_kwargs = _step_kwargs(scheduler, generator, s.eta)
-        pos_mix, neg_weights = view_weights(cfg, n)
         momentum = None
         for i, t in enumerate(_progress(scheduler.timesteps, show_progress)):
-            model_in = scheduler.scale_model_input(latents, t)
-            out, momentum = prior.guided_prediction(model_in, t.reshape(1).expand(n), pos_mix, neg_weights, i, momentum)
-            latents = scheduler.step(out, t, latents, **step_kwargs).prev_sample
-        image = prior.vae.decode(latents / prior.scaling_factor, return_dict=False)[0]
-        image = (image * 0.5 + 0.5).clamp(0, 1)
+            model_in = scheduler.scale_model_input(x, t)
+            eps, momentum = prior.guided_prediction(model_in, t.reshape(1).expand(n), pos_mix, neg_weights, i, momentum)
+            x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
+        image = backend.decode(x)
         return image.cpu().permute(0, 2, 3, 1).float().numpy()
 
 

@@ -17,3 +17,19 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from dreamperp.models.tiny import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd") / "model", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_if_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random DeepFloyd IF stage I layout (pixel space, no vae/, T5, learned variance; 16x16)."""
+    from dreamperp.models.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-if") / "model", seed=0, layout="if")
+
+
+@pytest.fixture(scope="session")
+def tiny_pixel_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random pixel-space pipeline in the toy prior's layout (no vae/, CLIP, epsilon UNet; 16x16)."""
+    from dreamperp.models.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-pixel") / "model", seed=0, layout="pixel")

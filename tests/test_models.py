@@ -75,7 +75,7 @@ def test_load_components_tiny_builds_once(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     builds = []
     real_build = tiny.build_tiny_pipeline
-    monkeypatch.setattr(tiny, "build_tiny_pipeline", lambda p, seed=0: builds.append(p) or real_build(p, seed))
+    monkeypatch.setattr(tiny, "build_tiny_pipeline", lambda p, seed=0, layout="sd": builds.append(p) or real_build(p, seed, layout))
 
     comp = load_components("tiny", "cpu", torch.float32)
     assert isinstance(comp, SDComponents)
@@ -111,9 +111,17 @@ def test_local_folder_resolves(tiny_model_dir: Path) -> None:
     [
         (lambda d: d / "missing", "does not exist"),
         (lambda d: d, "no model_index.json"),
-        (lambda d: (d / "model_index.json").write_text("{}") and d, "missing subfolder(s) unet, vae, text_encoder, tokenizer, scheduler"),
+        (
+            lambda d: (d / "model_index.json").write_text("{}") and d,
+            "neither a Stable Diffusion nor a pixel-space (DeepFloyd IF) folder: missing subfolder(s) unet, text_encoder, tokenizer, scheduler",
+        ),
+        (lambda d: (d / "model_index.json").write_text("{}") and (d / "vae").mkdir() or d, "has vae/ but is missing unet, text_encoder, tokenizer, scheduler"),
+        (
+            lambda d: (d / "model_index.json").write_text("{}") and [(d / s).mkdir() for s in ("unet", "tokenizer")] and d,
+            "missing subfolder(s) text_encoder, scheduler",
+        ),
     ],
-    ids=["missing", "no-index", "no-subfolders"],
+    ids=["missing", "no-index", "no-subfolders", "sd-without-unet", "pixel-incomplete"],
 )
 def test_bad_folders_are_usage_errors(tmp_path: Path, make, expect: str) -> None:
     folder = make(tmp_path)

@@ -100,3 +100,21 @@ def test_combine_ignores_parallel_part_of_negatives() -> None:
     a = perpneg_combine(eps_u, eps_pos, eps_neg, w, 7.5)
     b = perpneg_combine(eps_u, eps_pos, shifted, w, 7.5)
     assert torch.allclose(a, b, atol=1e-4)
+
+
+def test_plain_negatives_without_projection() -> None:
+    """``projection=False`` is composable diffusion's ``ε_u + s(Δ_pos − Σ_k w_k Δ_k)``, exactly."""
+    g = torch.Generator().manual_seed(7)
+    e_u, e_p = torch.randn(3, 4, 8, 8, generator=g, dtype=torch.float64), torch.randn(3, 4, 8, 8, generator=g, dtype=torch.float64)
+    e_n = torch.randn(3, 2, 4, 8, 8, generator=g, dtype=torch.float64)
+    w = torch.rand(3, 2, generator=g, dtype=torch.float64) * 3
+    s = 7.5
+    plain = perpneg_combine(e_u, e_p, e_n, w, s, projection=False)
+    ref = e_u + s * ((e_p - e_u) - (w[:, 0, None, None, None] * (e_n[:, 0] - e_u) + w[:, 1, None, None, None] * (e_n[:, 1] - e_u)))
+    assert torch.allclose(plain, ref, rtol=0, atol=1e-12)  # float64: only summation order differs
+    # a negative along the positive direction now counts (Perp-Neg ignores it)
+    along = (e_p + 0.5 * (e_p - e_u)).unsqueeze(1)
+    one = torch.ones(3, 1, dtype=torch.float64)
+    assert torch.allclose(perpneg_combine(e_u, e_p, along, one, s, projection=False), e_u + s * (1 - 1.5) * (e_p - e_u), atol=1e-12)
+    assert torch.allclose(perpneg_combine(e_u, e_p, along, one, s), e_u + s * (e_p - e_u), atol=1e-12)
+    assert (plain - perpneg_combine(e_u, e_p, e_n, w, s)).abs().max() > 1e-3

@@ -1,4 +1,4 @@
-"""StableDiffusionPrior with the tiny model: batch pairing, view conditioning, SDS, SEGA state."""
+"""The guided score on the tiny SD backend: batch pairing, view conditioning, SDS, SEGA state."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 from dreamperp.config import GuidanceConfig, PerpNegConfig, SegaConcept, SegaConfig
 from dreamperp.errors import ConfigError
 from dreamperp.guidance.perpneg import perpneg_combine
-from dreamperp.guidance.prior import StableDiffusionPrior
+from dreamperp.guidance.prior import load_prior
+from dreamperp.guidance.score import GuidedScore
 from dreamperp.guidance.views import perpneg_weights, view_prompts
 
 
@@ -22,11 +23,11 @@ def components(tiny_model_dir: Path) -> Any:
     return load_components(str(tiny_model_dir), "cpu", "float32")
 
 
-def make_prior(components: Any, **kw: Any) -> StableDiffusionPrior:
+def make_prior(components: Any, **kw: Any) -> GuidedScore:
     perp = kw.pop("perp_neg", PerpNegConfig())
     sega = kw.pop("sega", SegaConfig())
     cfg = GuidanceConfig(model="tiny", perp_neg=perp, sega=sega, **kw)
-    return StableDiffusionPrior(cfg, "a corgi", "", "cpu", components=components)
+    return load_prior(cfg, "a corgi", "", "cpu", components=components)
 
 
 class Recorder(torch.nn.Module):
@@ -46,18 +47,18 @@ def test_basics_and_cached_view_embeddings(components: Any) -> None:
     prior = make_prior(components)
     assert prior.resolution == 64 and prior.dtype == torch.float32
     assert prior.emb_views.shape[0] == 4
-    ref = prior.encode_text(view_prompts("a corgi")[2:3], components.text_encoder)
+    ref = prior.backend.encode_text(view_prompts("a corgi")[2:3])
     assert torch.equal(prior.emb_views[2:3], ref)
     # the four view prompts are different conditions
     assert (prior.emb_views[0] - prior.emb_views[2]).abs().max() > 1e-3
     with pytest.raises(ConfigError):
-        StableDiffusionPrior(GuidanceConfig(), "  ", "", "cpu", components=components)
+        load_prior(GuidanceConfig(), "  ", "", "cpu", components=components)
 
 
 def test_batch_rows_pair_with_their_own_sample(components: Any) -> None:
     sega = SegaConfig(concepts=[SegaConcept(prompt="sunglasses", warmup=0)])
     prior = make_prior(components, sega=sega)
-    rec = Recorder(prior.unet)
+    rec = Recorder(prior.backend.unet)
     prior.unet_forward = rec
     g = torch.Generator().manual_seed(0)
     z = torch.randn(2, 4, 8, 8, generator=g)
@@ -124,7 +125,7 @@ def test_guidance_matches_manual_combination(components64: Any) -> None:
 
     def unet(emb: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return prior.unet(z, t, encoder_hidden_states=emb).sample
+            return prior.backend.unet(z, t, encoder_hidden_states=emb).sample
 
     e_u = unet(prior.emb_uncond.expand(2, -1, -1))
     e_p = unet(torch.einsum("bv,vld->bld", pos_mix.to(prior.emb_views.dtype), prior.emb_views))
@@ -136,7 +137,7 @@ def test_guidance_matches_manual_combination(components64: Any) -> None:
 
 def test_zero_weight_negatives_are_dropped(components: Any) -> None:
     prior = make_prior(components, perp_neg=PerpNegConfig(schedule="stable-dreamfusion"))
-    rec = Recorder(prior.unet)
+    rec = Recorder(prior.backend.unet)
     prior.unet_forward = rec
     z = torch.randn(1, 4, 8, 8)
     pos_mix, neg_w = prior.view_conditioning(torch.tensor([0.0]), torch.tensor([0.0]))  # front: front weight 0
@@ -148,7 +149,7 @@ def test_zero_weight_negatives_are_dropped(components: Any) -> None:
 
 def test_plain_view_prompting_and_plain_prompt(components: Any) -> None:
     prior = make_prior(components, perp_neg=PerpNegConfig(enabled=False))
-    rec = Recorder(prior.unet)
+    rec = Recorder(prior.backend.unet)
     prior.unet_forward = rec
     az, el = torch.tensor([170.0, 10.0]), torch.tensor([0.0, 75.0])
     pos_mix, neg_w = prior.view_conditioning(az, el)
@@ -162,7 +163,7 @@ def test_plain_view_prompting_and_plain_prompt(components: Any) -> None:
 
 def test_sds_gradient_is_exact(components: Any) -> None:
     prior = make_prior(components, scale=20.0, weighting="sds")
-    rec = Recorder(prior.unet)
+    rec = Recorder(prior.backend.unet)
     prior.unet_forward = rec
     torch.manual_seed(0)
     z = torch.randn(2, 4, 8, 8, requires_grad=True)
@@ -170,7 +171,7 @@ def test_sds_gradient_is_exact(components: Any) -> None:
     loss.backward()
     w, t = info["w"], info["t"]
     assert t.shape == (2,) and ((t >= 20) & (t <= 980)).all()
-    a = prior.alphas_cumprod[t].view(2, 1, 1, 1)
+    a = prior.backend.alphas_cumprod[t].view(2, 1, 1, 1)
     assert torch.allclose(w, 1 - a.flatten())
     expected = w.view(2, 1, 1, 1) * (info["eps_hat"] - info["noise"]) / 2
     assert torch.equal(z.grad, expected)
@@ -191,8 +192,8 @@ def test_sds_from_images_flows_to_the_render(components: Any) -> None:
     assert float(info["t_max"]) == pytest.approx(0.5) and (info["t"] <= 500).all()
     loss.backward()
     assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
-    assert all(p.grad is None for p in prior.vae.parameters())
-    assert all(p.grad is None for p in prior.unet.parameters())
+    assert all(p.grad is None for p in prior.backend.vae.parameters())
+    assert all(p.grad is None for p in prior.backend.unet.parameters())
 
 
 def test_sega_momentum_state_roundtrip(components: Any) -> None:
@@ -227,7 +228,7 @@ def test_tiny_encoder_option(components: Any, tmp_path: Path) -> None:
     taesd.save_pretrained(tmp_path / "taesd")
     prior = make_prior(components, encoder="tiny", tiny_encoder_model=str(tmp_path / "taesd"))
     images = torch.rand(1, 3, 64, 64, requires_grad=True)
-    assert prior.encode_images(images).shape == (1, 4, 8, 8)
+    assert prior.backend.encode_images(images).shape == (1, 4, 8, 8)
     loss, _ = prior.sds(images, torch.tensor([0.0]), None, step=0)
     loss.backward()
     assert images.grad is not None and images.grad.abs().sum() > 0

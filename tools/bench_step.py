@@ -87,18 +87,17 @@ def build(cfg_path: str, overrides: List[str], full_size: bool) -> Trainer:
     prior = None
     if full_size:
         from dreamperp.device import resolve_device
-        from dreamperp.guidance.prior import StableDiffusionPrior
+        from dreamperp.guidance.prior import load_prior
         from dreamperp.models.full_size import full_size_components
 
         device = resolve_device(cfg.device)
-        prior = StableDiffusionPrior(cfg.guidance, cfg.prompt, cfg.negative_prompt, device,
-                                     components=full_size_components(device, cfg.guidance.dtype))
+        prior = load_prior(cfg.guidance, cfg.prompt, cfg.negative_prompt, device, components=full_size_components(device, cfg.guidance.dtype))
     return Trainer(cfg, prior=prior)
 
 
 def instrument(trainer: Trainer, clock: StepClock) -> None:
     prior = trainer.prior
-    prior.encode_images = clock.wrap(prior.encode_images, "encode_begin", "encode_end")
+    prior.backend.encode_images = clock.wrap(prior.backend.encode_images, "encode_begin", "encode_end")
     prior.sds = clock.wrap(prior.sds, "sds_begin", "sds_end")
     unet = clock.wrap(prior.unet_forward, "unet_begin", "unet_end")
 

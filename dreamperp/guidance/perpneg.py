@@ -1,7 +1,9 @@
 """Perp-Neg: negative prompts projected perpendicular to the positive direction (docs/design.md §3).
 
-``ε̂ = ε_u + s · (Δ_pos − Σ_i w_i · perp(Δ_i, Δ_pos))`` with ``Δ = ε − ε_u``. One implementation,
-used by 2D sampling (:mod:`dreamperp.sample`) and SDS (:mod:`dreamperp.guidance.prior`).
+``ε̂ = ε_u + s · (Δ_pos − Σ_i w_i · perp(Δ_i, Δ_pos))`` with ``Δ = ε − ε_u``; with
+``projection=False`` the negatives are subtracted whole (plain negatives, as composable diffusion):
+``ε̂ = ε_u + s · (Δ_pos − Σ_i w_i · Δ_i)``. One implementation, used by 2D sampling
+(:mod:`dreamperp.sample`) and SDS, both through :mod:`dreamperp.guidance.score`.
 """
 
 from __future__ import annotations
@@ -37,11 +39,13 @@ def perpneg_guidance(
     eps_neg: torch.Tensor | None,
     neg_weights: torch.Tensor | None,
     scale: float,
+    projection: bool = True,
 ) -> torch.Tensor:
     """The guidance term ``s · (Δ_pos − Σ_k w_k · perp(Δ_k, Δ_pos))`` (without ``ε_u``).
 
     ``eps_uncond``, ``eps_pos``: ``[B, C, H, W]``; ``eps_neg``: ``[B, K, C, H, W]`` (or None / K = 0);
-    ``neg_weights``: ``[B, K]`` (>= 0; subtracted). Vectorised over B and K.
+    ``neg_weights``: ``[B, K]`` (>= 0; subtracted). Vectorised over B and K. ``projection=False``:
+    plain negatives, ``s · (Δ_pos − Σ_k w_k · Δ_k)``.
     With no negatives this is exactly ``scale * (eps_pos − eps_uncond)``, the plain CFG term
     (bit for bit what diffusers computes).
     """
@@ -51,9 +55,10 @@ def perpneg_guidance(
     if neg_weights is None:
         raise ValueError("neg_weights is required with eps_neg")
     delta_neg = eps_neg - eps_uncond.unsqueeze(1)  # [B, K, C, H, W]
-    perp = _perp(delta_neg, delta_pos.unsqueeze(1), start_dim=2)  # per (sample, negative)
-    w = neg_weights.to(perp.dtype).reshape(*neg_weights.shape, *([1] * (perp.dim() - 2)))
-    return scale * (delta_pos - (w * perp).sum(dim=1))
+    if projection:
+        delta_neg = _perp(delta_neg, delta_pos.unsqueeze(1), start_dim=2)  # per (sample, negative)
+    w = neg_weights.to(delta_neg.dtype).reshape(*neg_weights.shape, *([1] * (delta_neg.dim() - 2)))
+    return scale * (delta_pos - (w * delta_neg).sum(dim=1))
 
 
 def perpneg_combine(
@@ -62,6 +67,7 @@ def perpneg_combine(
     eps_neg: torch.Tensor | None,
     neg_weights: torch.Tensor | None,
     scale: float,
+    projection: bool = True,
 ) -> torch.Tensor:
     """``ε̂ = ε_u + s · (Δ_pos − Σ_k w_k · perp(Δ_k, Δ_pos))``; shapes as :func:`perpneg_guidance`."""
-    return eps_uncond + perpneg_guidance(eps_uncond, eps_pos, eps_neg, neg_weights, scale)
+    return eps_uncond + perpneg_guidance(eps_uncond, eps_pos, eps_neg, neg_weights, scale, projection)

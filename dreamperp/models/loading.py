@@ -1,7 +1,13 @@
-"""Load the frozen Stable Diffusion components from a hub id, a local folder, or 'tiny'.
+"""Load the frozen components of a diffusion prior from a hub id, a local folder, 'tiny' or 'toy'.
 
-Every expected failure (missing folder, a folder that is not an SD pipeline, a hub id that is not
-cached while offline) is a one-line :class:`UsageError`, never a traceback from inside diffusers.
+Two folder layouts (docs/design.md §9): **latent** (Stable Diffusion 1.x/2.x: ``unet/``, ``vae/``,
+``text_encoder/``, ``tokenizer/``, ``scheduler/``) and **pixel** (DeepFloyd IF stage I and the toy
+prior: the same without ``vae/``; the UNet works on the image in [-1, 1]). The text encoder and
+tokenizer classes come from ``model_index.json`` (CLIP or T5).
+
+Every expected failure (missing folder, a folder of neither layout, a hub id that is not cached
+while offline, missing toy assets) is a one-line :class:`UsageError`, never a traceback from inside
+diffusers.
 """
 
 from __future__ import annotations
@@ -15,34 +21,46 @@ from typing import Any, Optional, Union
 
 from dreamperp.errors import UsageError, first_line
 from dreamperp.models.quiet import no_transformers_progress_bars
-from dreamperp.models.tiny import tiny_model_path
+from dreamperp.models.tiny import MODEL_NAMES, tiny_model_path
 
-REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+#: Subfolders of a pixel-space pipeline (DeepFloyd IF stage I, the toy prior); latent ones add vae/.
+PIXEL_SUBFOLDERS = ("unet", "text_encoder", "tokenizer", "scheduler")
+REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")  # Stable Diffusion
+TEXT_ENCODERS = ("CLIPTextModel", "T5EncoderModel")
+TOKENIZERS = ("CLIPTokenizer", "CLIPTokenizerFast", "T5Tokenizer", "T5TokenizerFast", "AutoTokenizer")
+TOY_PRIOR_ASSET = "toy-prior"
+TOY_REBUILD = "python tools/train_toy_prior.py"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
-_HOW_TO_FIX = "set guidance.model to a local diffusers folder, a hub id, or 'tiny'"
+_HOW_TO_FIX = "set guidance.model to a local diffusers folder, a hub id, 'tiny' or 'toy'"
 
 
 @dataclass
-class SDComponents:
-    """The frozen parts of a Stable Diffusion pipeline, in eval mode with requires_grad False.
+class DiffusionComponents:
+    """The frozen parts of a diffusion pipeline, in eval mode with requires_grad False.
 
-    ``resolution`` is the image size in pixels the UNet was made for (sample_size * vae_scale_factor),
-    e.g. 512 for SD 1.x/2.x base and 64 for the tiny model; latents are
-    ``[B, latent_channels, resolution // vae_scale_factor, resolution // vae_scale_factor]``.
+    ``layout``: 'latent' (a VAE between image and UNet) or 'pixel' (``vae`` is None; the UNet works
+    on images in [-1, 1]). ``resolution`` is the image size in pixels the UNet was made for
+    (sample_size * vae_scale_factor), e.g. 512 for SD 1.x/2.x base, 64 for the tiny SD and for IF
+    stage I; the model input is ``[B, latent_channels, resolution // vae_scale_factor, same]``
+    (``vae_scale_factor`` 1 and ``latent_channels`` 3 in pixel space).
     """
 
     unet: Any  # diffusers.UNet2DConditionModel
-    vae: Any  # diffusers.AutoencoderKL
-    text_encoder: Any  # transformers.CLIPTextModel
-    tokenizer: Any  # transformers.CLIPTokenizer
+    vae: Any  # diffusers.AutoencoderKL, or None in pixel space
+    text_encoder: Any  # transformers.CLIPTextModel or T5EncoderModel
+    tokenizer: Any  # the matching transformers tokenizer
     scheduler: Any  # the model's own diffusers scheduler (see scheduler.config.prediction_type)
     resolution: int
     vae_scale_factor: int
     latent_channels: int
-    model: str  # what the user asked for: hub id, folder or 'tiny'
+    model: str  # what the user asked for: hub id, folder, 'tiny' or 'toy'
     path: Path  # the local folder the weights were read from
     device: Any  # torch.device
     dtype: Any  # torch.dtype
+    layout: str = "latent"
+
+
+SDComponents = DiffusionComponents  # the name from before pixel-space models (SD is the latent layout)
 
 
 def _hub_offline() -> bool:
@@ -75,11 +93,13 @@ def _download(model_id: str) -> Path:
 
     offline = _hub_offline()
     allow = ["model_index.json"] + [f"{s}/*.json" for s in REQUIRED_SUBFOLDERS] + [f"{s}/*.txt" for s in REQUIRED_SUBFOLDERS]
+    allow += ["tokenizer/*.model"]  # T5's sentencepiece file (DeepFloyd IF)
     weights = [f"{s}/*.safetensors" for s in ("unet", "vae", "text_encoder")]
     ignore = ["*.fp16.*", "*non_ema*", "*.ckpt", "*flax*", "*.msgpack", "*onnx*"]
     try:
         folder = Path(snapshot_download(model_id, allow_patterns=allow + weights, ignore_patterns=ignore, local_files_only=offline))
-        missing_weights = [s for s in ("unet", "vae", "text_encoder") if not any((folder / s).glob("*.safetensors"))]
+        # vae/ only where the model has one (pixel-space models, e.g. DeepFloyd IF, do not).
+        missing_weights = [s for s in ("unet", "vae", "text_encoder") if (folder / s).is_dir() and not any((folder / s).glob("*.safetensors"))]
         if missing_weights and not offline:
             # Older repos ship only PyTorch .bin files.
             folder = Path(snapshot_download(model_id, allow_patterns=[f"{s}/*.bin" for s in missing_weights], ignore_patterns=ignore))
@@ -100,37 +120,71 @@ def _download(model_id: str) -> Path:
     return folder
 
 
-def check_pipeline_folder(folder: Path, name: Optional[str] = None) -> None:
-    """Raise UsageError unless ``folder`` has the diffusers Stable Diffusion layout."""
+def pipeline_layout(folder: Path, name: Optional[str] = None) -> str:
+    """'latent' (Stable Diffusion) or 'pixel' (DeepFloyd IF layout, toy prior) for ``folder``.
+
+    Raises UsageError naming what is missing when ``folder`` is neither.
+    """
     label = f"'{name or folder}'"
+    what = "is not a diffusers pipeline folder"
     if not (folder / "model_index.json").is_file():
-        raise UsageError(f"{label} is not a diffusers Stable Diffusion folder: it has no model_index.json ({_HOW_TO_FIX})")
+        raise UsageError(f"{label} {what}: it has no model_index.json ({_HOW_TO_FIX})")
     try:
         json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError):
-        raise UsageError(f"{label} is not a diffusers Stable Diffusion folder: model_index.json is not valid JSON") from None
-    missing = [s for s in REQUIRED_SUBFOLDERS if not (folder / s).is_dir()]
+        raise UsageError(f"{label} {what}: model_index.json is not valid JSON") from None
+    if (folder / "vae").is_dir():
+        missing = [s for s in REQUIRED_SUBFOLDERS if not (folder / s).is_dir()]
+        if missing:
+            raise UsageError(f"{label} is not a complete Stable Diffusion folder: it has vae/ but is missing {', '.join(missing)} ({_HOW_TO_FIX})")
+        return "latent"
+    missing = [s for s in PIXEL_SUBFOLDERS if not (folder / s).is_dir()]
     if missing:
         raise UsageError(
-            f"{label} is not a diffusers Stable Diffusion folder: missing subfolder(s) {', '.join(missing)} ({_HOW_TO_FIX})"
+            f"{label} is neither a Stable Diffusion nor a pixel-space (DeepFloyd IF) folder: missing subfolder(s) {', '.join(missing)} "
+            f"(both need unet, text_encoder, tokenizer, scheduler; Stable Diffusion also vae) ({_HOW_TO_FIX})"
         )
+    return "pixel"
+
+
+def check_pipeline_folder(folder: Path, name: Optional[str] = None) -> None:
+    """Raise UsageError unless ``folder`` has a supported diffusers layout (see :func:`pipeline_layout`)."""
+    pipeline_layout(folder, name)
+
+
+def toy_prior_path() -> Path:
+    """``assets/toy-prior`` of this checkout: the trained toy prior that ships with the repository."""
+    import dreamperp
+
+    return Path(dreamperp.__file__).resolve().parent.parent / "assets" / TOY_PRIOR_ASSET
+
+
+def _toy_prior_folder() -> Path:
+    folder = toy_prior_path()
+    if not (folder / "model_index.json").is_file():
+        raise UsageError(f"guidance.model=toy: the toy prior is missing from '{folder}'; rebuild it with `{TOY_REBUILD}`")
+    return folder
 
 
 def resolve_model(model: str) -> str:
-    """Local folder holding the pipeline for ``model`` (hub id, folder, or 'tiny'), as a string.
+    """Local folder holding the pipeline for ``model`` (hub id, folder, 'tiny', 'tiny-if',
+    'tiny-pixel' or 'toy'), as a string.
 
-    'tiny' builds the tiny model into the user cache on first use. Hub ids come from the HF cache,
-    or are downloaded when online. Raises UsageError for anything that cannot be a pipeline.
+    The tiny models are built into the user cache on first use; 'toy' is the shipped toy prior in
+    ``assets/toy-prior``. Hub ids come from the HF cache, or are downloaded when online. Raises
+    UsageError for anything that cannot be a pipeline.
     """
     model = str(model).strip()
     if not model:
         raise UsageError(f"guidance.model is empty: {_HOW_TO_FIX}")
-    if model == "tiny":
-        folder, name = tiny_model_path(), None
+    if model in MODEL_NAMES:
+        folder, name = tiny_model_path(layout=MODEL_NAMES[model]), None
+    elif model == "toy":
+        folder, name = _toy_prior_folder(), "toy prior"
     elif Path(model).expanduser().exists():
         folder, name = Path(model).expanduser(), None
         if not folder.is_dir():
-            raise UsageError(f"model path '{model}' is a file, not a diffusers Stable Diffusion folder ({_HOW_TO_FIX})")
+            raise UsageError(f"model path '{model}' is a file, not a diffusers pipeline folder ({_HOW_TO_FIX})")
     elif _looks_like_path(model):
         raise UsageError(f"model folder '{model}' does not exist ({_HOW_TO_FIX})")
     else:
@@ -160,7 +214,7 @@ def _as_dtype(dtype: Any, device: Any) -> Any:
 def _load(what: str, folder: Path, fn, *args, **kwargs) -> Any:
     try:
         return fn(*args, **kwargs)
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError, json.JSONDecodeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, ImportError, json.JSONDecodeError) as err:
         first = first_line(err)
         raise UsageError(f"cannot load the {what} from '{folder / what}': {first[:300]}") from None
 
@@ -172,41 +226,60 @@ def _freeze(module: Any, device: Any) -> Any:
     return module
 
 
+def _class_from_index(index: dict, key: str, allowed: tuple, default: str, folder: Path) -> str:
+    entry = index.get(key) or [None, default]
+    name = str(entry[-1]) if isinstance(entry, (list, tuple)) and entry else default
+    if name not in allowed:
+        raise UsageError(f"'{folder}': model_index.json names {key} class {name!r}, which dreamperp cannot load (supported: {', '.join(allowed)})")
+    return name
+
+
 def load_components(
     model: str,
     device: Union[str, Any] = "cpu",
     dtype: Union[str, Any] = "auto",
-) -> SDComponents:
-    """Load UNet, VAE, text encoder, tokenizer and scheduler of ``model`` (hub id, folder or 'tiny').
+) -> DiffusionComponents:
+    """Load UNet, VAE (latent layout only), text encoder, tokenizer and scheduler of ``model``.
 
-    Models are frozen (eval, requires_grad False) on ``device`` in ``dtype`` (a torch dtype or
-    'auto'/'float32'/'float16'/'bfloat16'; 'auto' is fp16 on CUDA, fp32 otherwise). Gradients can
-    still flow through the VAE to its *input* (SDS backpropagates the latent into the render).
+    ``model``: hub id, folder, 'tiny', 'tiny-if', 'tiny-pixel' or 'toy'. Models are frozen (eval,
+    requires_grad False) on ``device`` in ``dtype`` (a torch dtype or 'auto'/'float32'/'float16'/
+    'bfloat16'; 'auto' is fp16 on CUDA, fp32 otherwise). Gradients can still flow through the VAE to
+    its *input* (SDS backpropagates the latent into the render).
     """
     import diffusers
     import torch
+    import transformers
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
 
     folder = Path(resolve_model(model))
+    layout = pipeline_layout(folder)
     device = torch.device(device)
     dtype = _as_dtype(dtype, device)
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    encoder_name = _class_from_index(index, "text_encoder", TEXT_ENCODERS, "CLIPTextModel", folder)
+    tokenizer_name = _class_from_index(index, "tokenizer", TOKENIZERS, "CLIPTokenizer", folder)
+    if tokenizer_name.startswith("T5"):
+        # T5's sentencepiece file loads through the fast tokenizer (a tokenizer.json is used as is).
+        tokenizer_name = "AutoTokenizer"
 
     # Cast while loading (not with .to() afterwards) so diffusers keeps any fp32-only modules in fp32.
     unet = _load("unet", folder, UNet2DConditionModel.from_pretrained, folder / "unet", torch_dtype=dtype, low_cpu_mem_usage=False)
-    vae = _load("vae", folder, AutoencoderKL.from_pretrained, folder / "vae", torch_dtype=dtype, low_cpu_mem_usage=False)
+    vae = None
+    if layout == "latent":
+        vae = _load("vae", folder, AutoencoderKL.from_pretrained, folder / "vae", torch_dtype=dtype, low_cpu_mem_usage=False)
     with no_transformers_progress_bars():
-        text_encoder = _load("text_encoder", folder, CLIPTextModel.from_pretrained, folder / "text_encoder", dtype=dtype)
-    tokenizer = _load("tokenizer", folder, CLIPTokenizer.from_pretrained, folder / "tokenizer")
+        encoder_cls = getattr(transformers, encoder_name)
+        text_encoder = _load("text_encoder", folder, encoder_cls.from_pretrained, folder / "text_encoder", dtype=dtype)
+    tokenizer = _load("tokenizer", folder, getattr(transformers, tokenizer_name).from_pretrained, folder / "tokenizer")
     sched_entry = index.get("scheduler") or [None, "DDIMScheduler"]
     sched_cls = getattr(diffusers, str(sched_entry[-1]), None) or diffusers.DDIMScheduler
     scheduler = _load("scheduler", folder, sched_cls.from_pretrained, folder / "scheduler")
 
     for m in (unet, vae, text_encoder):
-        _freeze(m, device)
-    vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-    return SDComponents(
+        if m is not None:
+            _freeze(m, device)
+    vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1) if vae is not None else 1
+    return DiffusionComponents(
         unet=unet,
         vae=vae,
         text_encoder=text_encoder,
@@ -219,4 +292,5 @@ def load_components(
         path=folder,
         device=device,
         dtype=dtype,
+        layout=layout,
     )

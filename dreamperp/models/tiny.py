@@ -1,9 +1,16 @@
-"""Tiny randomly initialised offline Stable Diffusion pipeline.
+"""Tiny randomly initialised offline diffusion pipelines, one per supported layout.
 
 Used by the tests and ``configs/tiny.yaml`` so that everything runs on a CPU without model
-weights. The folder has the diffusers layout (``model_index.json`` + ``unet/``, ``vae/``,
-``text_encoder/``, ``tokenizer/``, ``scheduler/``) and loads with
-``StableDiffusionPipeline.from_pretrained(path)`` offline. Latents are 4x8x8, images 64x64.
+weights. Every folder has the diffusers layout and loads offline:
+
+- ``sd`` (``guidance.model: tiny``): Stable Diffusion, ``model_index.json`` + ``unet/``, ``vae/``,
+  ``text_encoder/`` (CLIP), ``tokenizer/``, ``scheduler/``; loads with
+  ``StableDiffusionPipeline.from_pretrained(path)``. Latents are 4x8x8, images 64x64.
+- ``if`` (``tiny-if``): DeepFloyd IF stage I, pixel space with no ``vae/``: a T5 encoder with a
+  unigram T5 tokenizer, a learned-variance UNet (6 output channels for 3 input ones) on 16x16
+  images in [-1, 1], IF's DDPM scheduler.
+- ``pixel`` (``tiny-pixel``): the toy prior's layout, pixel space with no ``vae/``: a CLIP text
+  encoder and the byte-level BPE tokenizer, an epsilon UNet on 16x16 images, a cosine DDPM scheduler.
 """
 
 from __future__ import annotations
@@ -23,6 +30,9 @@ from dreamperp.models.quiet import no_transformers_progress_bars
 
 # Bump when the architecture, tokenizer or file layout changes: cached models are keyed by it.
 TINY_FORMAT_VERSION = 1
+#: The layouts build_tiny_pipeline can write, and the guidance.model name of each.
+LAYOUTS = ("sd", "if", "pixel")
+MODEL_NAMES = {"tiny": "sd", "tiny-if": "if", "tiny-pixel": "pixel"}
 # Marker file that says "this folder was written by build_tiny_pipeline" (safe to overwrite).
 MARKER_FILE = "dreamperp_tiny.json"
 
@@ -217,54 +227,133 @@ def _reinit_zero_weights(module, generator) -> None:
                 p.copy_(torch.randn(p.shape, generator=generator) / fan_in**0.5)
 
 
-def build_tiny_pipeline(path: str | os.PathLike, seed: int = 0) -> Path:
-    """Write the tiny random SD pipeline to ``path`` (created; existing files are replaced).
+def _t5_tokenizer(folder: Path) -> int:
+    """Write a small unigram T5 tokenizer (``tokenizer.json``; loads offline without sentencepiece).
 
-    Same ``seed`` → byte-identical files. Does not touch the global torch RNG.
+    Pieces: ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, the corpus words (as "▁word"), then single
+    characters, so any lower-case prompt tokenizes; returns the vocab size.
     """
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
 
+    words = sorted(set(re.findall(r"[a-z]+", _BPE_CORPUS.lower())))
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789,.!?-'\"()"))
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -8.0)]
+    pieces += [("\u2581" + w, -5.0) for w in words] + [(c, -10.0) for c in chars]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2, byte_fallback=False))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    fast = T5TokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0, model_max_length=MAX_LENGTH)
+    fast.save_pretrained(folder)
+    return len(pieces)
+
+
+def _pixel_unet_config(learned_variance: bool, cross_attention_dim: int, encoder_hid_dim: int | None) -> dict:
+    """A small pixel-space UNet on 16x16 RGB; IF-shaped (simple cross-attention, text-embedding
+    time conditioning, 6 output channels) when ``learned_variance``."""
+    if learned_variance:
+        return dict(
+            sample_size=16, in_channels=3, out_channels=6,
+            down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+            up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+            mid_block_type="UNetMidBlock2DSimpleCrossAttn", block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
+            cross_attention_dim=cross_attention_dim, encoder_hid_dim=encoder_hid_dim, attention_head_dim=16,
+            addition_embed_type="text", addition_embed_type_num_heads=2, resnet_time_scale_shift="scale_shift", act_fn="gelu",
+        )
+    return dict(
+        sample_size=16, in_channels=3, out_channels=3,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8, cross_attention_dim=cross_attention_dim, attention_head_dim=(2, 4),
+    )
+
+
+#: DeepFloyd IF stage I's scheduler (scheduler/scheduler_config.json of IF-I-XL-v1.0).
+IF_SCHEDULER_CONFIG = dict(
+    num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon", variance_type="learned_range",
+    clip_sample=True, clip_sample_range=1.0, thresholding=True, dynamic_thresholding_ratio=0.95, sample_max_value=1.5,
+)
+#: The toy prior's scheduler: cosine DDPM, epsilon, samples clipped to the image range.
+PIXEL_SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type="epsilon", clip_sample=True, clip_sample_range=1.0)
+
+
+def build_tiny_pipeline(path: str | os.PathLike, seed: int = 0, layout: str = "sd") -> Path:
+    """Write the tiny random pipeline of ``layout`` (see the module docstring) to ``path``
+    (created; existing files are replaced).
+
+    Same ``seed`` and layout → byte-identical files. Does not touch the global torch RNG.
+    """
+    import diffusers
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    if layout not in LAYOUTS:
+        raise UsageError(f"unknown tiny model layout {layout!r}: use {', '.join(LAYOUTS)}")
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    vocab_size = _write_tokenizer(out / "tokenizer")
+    if layout == "if":
+        vocab_size = _t5_tokenizer(out / "tokenizer")
+    else:
+        vocab_size = _write_tokenizer(out / "tokenizer")
     configs = _model_configs(vocab_size)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed + 1)
-        unet = UNet2DConditionModel(**configs["unet"])
-        vae = AutoencoderKL(**configs["vae"])
-        text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+        vae = None
+        if layout == "sd":
+            unet = UNet2DConditionModel(**configs["unet"])
+            vae = AutoencoderKL(**configs["vae"])
+            text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+        elif layout == "if":
+            t5 = T5Config(
+                vocab_size=vocab_size, d_model=24, d_kv=8, d_ff=48, num_layers=2, num_heads=3, relative_attention_num_buckets=8,
+                feed_forward_proj="gated-gelu", is_encoder_decoder=False, use_cache=False, pad_token_id=0, eos_token_id=1,
+            )
+            text_encoder = T5EncoderModel(t5)
+            unet = UNet2DConditionModel(**_pixel_unet_config(True, cross_attention_dim=32, encoder_hid_dim=t5.d_model))
+        else:
+            text_encoder = CLIPTextModel(CLIPTextConfig(**configs["text_encoder"]))
+            unet = UNet2DConditionModel(**_pixel_unet_config(False, cross_attention_dim=32, encoder_hid_dim=None))
         for m in (unet, vae, text_encoder):
-            _reinit_zero_weights(m, gen)
+            if m is not None:
+                _reinit_zero_weights(m, gen)
 
     unet.save_pretrained(out / "unet", safe_serialization=True)
-    vae.save_pretrained(out / "vae", safe_serialization=True)
+    if vae is not None:
+        vae.save_pretrained(out / "vae", safe_serialization=True)
     with no_transformers_progress_bars():
         text_encoder.save_pretrained(out / "text_encoder", safe_serialization=True)
-    DDIMScheduler(**SCHEDULER_CONFIG).save_pretrained(out / "scheduler")
+    if layout == "sd":
+        DDIMScheduler(**SCHEDULER_CONFIG).save_pretrained(out / "scheduler")
+    else:
+        DDPMScheduler(**(IF_SCHEDULER_CONFIG if layout == "if" else PIXEL_SCHEDULER_CONFIG)).save_pretrained(out / "scheduler")
 
-    import diffusers
-
-    _write_json(
-        out / "model_index.json",
-        {
-            "_class_name": "StableDiffusionPipeline",
-            "_diffusers_version": diffusers.__version__,
-            "feature_extractor": [None, None],
-            "image_encoder": [None, None],
-            "requires_safety_checker": False,
-            "safety_checker": [None, None],
-            "scheduler": ["diffusers", "DDIMScheduler"],
-            "text_encoder": ["transformers", "CLIPTextModel"],
-            "tokenizer": ["transformers", "CLIPTokenizer"],
-            "unet": ["diffusers", "UNet2DConditionModel"],
-            "vae": ["diffusers", "AutoencoderKL"],
-        },
-    )
-    _write_json(out / MARKER_FILE, {"format_version": TINY_FORMAT_VERSION, "seed": seed})
+    index: Dict[str, object] = {"_diffusers_version": diffusers.__version__, "unet": ["diffusers", "UNet2DConditionModel"]}
+    if layout == "sd":
+        index.update(
+            _class_name="StableDiffusionPipeline", feature_extractor=[None, None], image_encoder=[None, None], requires_safety_checker=False,
+            safety_checker=[None, None], scheduler=["diffusers", "DDIMScheduler"], text_encoder=["transformers", "CLIPTextModel"],
+            tokenizer=["transformers", "CLIPTokenizer"], vae=["diffusers", "AutoencoderKL"],
+        )
+    elif layout == "if":
+        index.update(
+            _class_name="IFPipeline", feature_extractor=[None, None], requires_safety_checker=False, safety_checker=[None, None],
+            watermarker=[None, None], scheduler=["diffusers", "DDPMScheduler"], text_encoder=["transformers", "T5EncoderModel"],
+            tokenizer=["transformers", "T5TokenizerFast"],
+        )
+    else:
+        index.update(
+            _class_name="DreamperpPixelPipeline", scheduler=["diffusers", "DDPMScheduler"], text_encoder=["transformers", "CLIPTextModel"],
+            tokenizer=["transformers", "CLIPTokenizer"],
+        )
+    _write_json(out / "model_index.json", index)
+    marker: Dict[str, object] = {"format_version": TINY_FORMAT_VERSION, "seed": seed}
+    if layout != "sd":
+        marker["layout"] = layout  # absent for sd: its files stay byte-identical to earlier versions
+    _write_json(out / MARKER_FILE, marker)
     return out
 
 
@@ -279,14 +368,14 @@ def _cache_root() -> Path:
     return base / "dreamperp"
 
 
-def tiny_model_path(seed: int = 0) -> Path:
-    """The cached tiny model for ``seed``, built on first use (``$XDG_CACHE_HOME/dreamperp/``).
+def tiny_model_path(seed: int = 0, layout: str = "sd") -> Path:
+    """The cached tiny model of ``layout`` for ``seed``, built on first use (``$XDG_CACHE_HOME/dreamperp/``).
 
     Built in a temp folder next to its final place and renamed, so a crash never leaves a half
     model behind and concurrent builders are safe (the first rename wins, the others discard).
     """
     root = _cache_root()
-    final = root / f"tiny-sd-v{TINY_FORMAT_VERSION}-seed{seed}"
+    final = root / f"tiny-{layout}-v{TINY_FORMAT_VERSION}-seed{seed}"
     if (final / "model_index.json").is_file() and is_tiny_model_dir(final):
         return final
     try:
@@ -295,7 +384,7 @@ def tiny_model_path(seed: int = 0) -> Path:
         raise UsageError(f"cannot create the model cache folder '{root}': {err.strerror} (set XDG_CACHE_HOME to a writable folder)") from None
     tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=root))
     try:
-        build_tiny_pipeline(tmp, seed)
+        build_tiny_pipeline(tmp, seed, layout)
         try:
             os.rename(tmp, final)
         except OSError:
@@ -309,7 +398,7 @@ def tiny_model_path(seed: int = 0) -> Path:
 
 
 def tiny_model_command(args: argparse.Namespace) -> int:
-    """``dreamperp tiny-model PATH [--seed N]``."""
+    """``dreamperp tiny-model PATH [--seed N] [--layout sd|if|pixel]``."""
     out = Path(args.path)
     if args.seed < 0:
         raise UsageError(f"--seed must be >= 0, got {args.seed}")
@@ -326,7 +415,7 @@ def tiny_model_command(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     try:
-        build_tiny_pipeline(tmp, seed=args.seed)
+        build_tiny_pipeline(tmp, seed=args.seed, layout=getattr(args, "layout", "sd"))
         os.rename(out, old)
         os.rename(tmp, out)
     finally:

@@ -78,9 +78,9 @@ class Trainer:
         self.dataset = None
         if self.mode == "text":
             if prior is None:
-                from dreamperp.guidance.prior import StableDiffusionPrior
+                from dreamperp.guidance.prior import load_prior
 
-                prior = StableDiffusionPrior(cfg.guidance, cfg.prompt, cfg.negative_prompt, self.device)
+                prior = load_prior(cfg.guidance, cfg.prompt, cfg.negative_prompt, self.device)
             self.prior = prior
         else:
             if dataset is None:
