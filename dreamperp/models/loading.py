@@ -22,6 +22,7 @@ from typing import Any, Optional, Union
 from dreamperp.errors import UsageError, first_line
 from dreamperp.models.quiet import no_transformers_progress_bars
 from dreamperp.models.tiny import MODEL_NAMES, tiny_model_path
+from dreamperp.toy.assets import REBUILD_TOOLS, assets_root
 
 #: Subfolders of a pixel-space pipeline (DeepFloyd IF stage I, the toy prior); latent ones add vae/.
 PIXEL_SUBFOLDERS = ("unet", "text_encoder", "tokenizer", "scheduler")
@@ -29,7 +30,6 @@ REQUIRED_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler") 
 TEXT_ENCODERS = ("CLIPTextModel", "T5EncoderModel")
 TOKENIZERS = ("CLIPTokenizer", "CLIPTokenizerFast", "T5Tokenizer", "T5TokenizerFast", "AutoTokenizer")
 TOY_PRIOR_ASSET = "toy-prior"
-TOY_REBUILD = "python tools/train_toy_prior.py"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
 _HOW_TO_FIX = "set guidance.model to a local diffusers folder, a hub id, 'tiny' or 'toy'"
 
@@ -154,15 +154,13 @@ def check_pipeline_folder(folder: Path, name: Optional[str] = None) -> None:
 
 def toy_prior_path() -> Path:
     """``assets/toy-prior`` of this checkout: the trained toy prior that ships with the repository."""
-    import dreamperp
-
-    return Path(dreamperp.__file__).resolve().parent.parent / "assets" / TOY_PRIOR_ASSET
+    return assets_root() / TOY_PRIOR_ASSET
 
 
 def _toy_prior_folder() -> Path:
     folder = toy_prior_path()
     if not (folder / "model_index.json").is_file():
-        raise UsageError(f"guidance.model=toy: the toy prior is missing from '{folder}'; rebuild it with `{TOY_REBUILD}`")
+        raise UsageError(f"guidance.model=toy: the toy prior is missing from '{folder}'; rebuild it with `{REBUILD_TOOLS[TOY_PRIOR_ASSET]}`")
     return folder
 
 
