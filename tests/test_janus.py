@@ -254,6 +254,10 @@ def test_bench_plan_resume_table_and_contact_sheet(tmp_path: Path, capsys: pytes
 
     with Image.open(out / "janus-contact.png") as im:  # 2 families x 2 methods rows of 8 frames
         assert im.width > 8 * 16 and im.height > 4 * 16
+    # The same folder with other settings would mix runs: refused, nothing changed.
+    before = (out / "janus.json").read_text()
+    assert tool.main([*args, "--steps", "7"]) == 2
+    assert "other settings (steps differ" in capsys.readouterr().err and (out / "janus.json").read_text() == before
 
 
 def test_bench_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -25,7 +25,8 @@ Methods (config overrides):
 (``guidance.sega.concepts=[]``) on the same seeds; per condition the share of turntable frames
 classified in the edit's colour, in the prompt's colour, and as the prompt's family (identity kept).
 
-Output folder (``--out``): ``runs/<key>/`` (the run folders), ``results/<key>.json`` (one per
+Output folder (``--out``, one per setting: ``settings.json`` records the config, model, steps and
+overrides, and a call with other ones is refused): ``runs/<key>/`` (the run folders), ``results/<key>.json`` (one per
 finished run: its score; a run with a result is skipped when the benchmark is run again, and an
 interrupted run is resumed from its last checkpoint), ``frames/<key>.png`` (the run at
 0/45/.../315°), then ``janus.json`` / ``janus.csv`` / ``janus-runs.csv`` and ``contact.png``
@@ -332,6 +333,30 @@ def sega_target_colour(config: Path) -> str:
     raise UsageError(f"--sega: config '{config}' has no SEGA concept (not reverse) that names a toy colour ({', '.join(COLOUR_NAMES)})")
 
 
+def check_settings(out: Path, args: argparse.Namespace) -> None:
+    """Record what every run of ``out`` shares (config, model, steps, overrides, frames, size) in
+    ``OUT/settings.json``; a later call with other settings would mix runs, so it is refused."""
+    settings = dict(
+        sega=bool(args.sega), config=str(Path(args.config).resolve()), model=args.model, steps=args.steps,
+        set=list(args.set or []), frames=args.frames, size=args.size, version=RESULT_VERSION,
+    )
+    path = out / "settings.json"
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            old = None
+        if old != settings:
+            diff = sorted(k for k in settings if not isinstance(old, dict) or old.get(k) != settings[k])
+            raise UsageError(
+                f"--out '{out}' holds runs made with other settings ({', '.join(diff)} differ, see {path}): "
+                "use another --out, or the same settings to resume"
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
+
+
 # ------------------------------------------------------------------------------------------ main
 def bench(args: argparse.Namespace) -> Dict[str, Any]:
     from dreamperp.toy.assets import toy_asset_path
@@ -346,7 +371,7 @@ def bench(args: argparse.Namespace) -> Dict[str, Any]:
     target = sega_target_colour(config) if args.sega else None
     runs = plan(args)
     classifier = ToyClassifier.load(args.classifier or toy_asset_path("toy-classifier"))
-    out.mkdir(parents=True, exist_ok=True)
+    check_settings(out, args)
     results: List[Dict[str, Any]] = []
     t_all = time.perf_counter()
     for i, run in enumerate(runs, 1):
