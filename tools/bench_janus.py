@@ -28,7 +28,7 @@ classified in the edit's colour, in the prompt's colour, and as the prompt's fam
 Output folder (``--out``, one per setting: ``settings.json`` records the config, model, steps and
 overrides, and a call with other ones is refused):
 
-- ``runs/<key>/``: the run folders; ``logs/<key>.log``: their ``dreamperp train`` output;
+- ``runs/<key>/``: the run folders (``dreamperp train --run-dir``); ``logs/<key>.log``: their output;
 - ``results/<key>.json``: one per finished run, its score and per-frame predictions (a run with a
   result is skipped when the benchmark is called again; an interrupted run resumes from its last
   checkpoint);
@@ -52,7 +52,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -135,11 +134,9 @@ def plan(args: argparse.Namespace) -> List[Dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------------------ running
-def run_folder(out: Path, key: str) -> Optional[Path]:
-    """The run folder of ``key`` (``runs/<key>/<timestamp>-<slug>``), or None."""
-    parent = out / "runs" / key
-    found = sorted(p for p in parent.glob("*") if p.is_dir() and (p / "config.yaml").is_file()) if parent.is_dir() else []
-    return found[-1] if found else None
+def run_folder(out: Path, key: str) -> Path:
+    """The run folder of ``key``: ``OUT/runs/<key>`` (``dreamperp train --run-dir``)."""
+    return out / "runs" / key
 
 
 def train_args(args: argparse.Namespace, run: Dict[str, Any], out: Path) -> List[str]:
@@ -148,7 +145,7 @@ def train_args(args: argparse.Namespace, run: Dict[str, Any], out: Path) -> List
     if run["prompt"] is not None:
         items.append(f"prompt={run['prompt']}")
     items += [
-        f"seed={run['seed']}", f"output_dir={out / 'runs'}", f"name={run['key']}",
+        f"seed={run['seed']}",
         "trainer.video_at_end=false",  # the benchmark renders its own turntable; mesh and video would only cost time
         "trainer.progress=false",
         *run["overrides"],
@@ -173,20 +170,12 @@ def _dreamperp(argv: List[str], log: Path) -> int:
 
 
 def train_run(args: argparse.Namespace, run: Dict[str, Any], out: Path) -> Path:
-    """Train (or resume) one run; returns its run folder. UsageError naming the log when training fails."""
+    """Train one run in ``OUT/runs/<key>`` with ``dreamperp train --run-dir`` (which resumes it from its
+    newest checkpoint when an earlier call was interrupted); returns the folder. UsageError naming the log on failure."""
     log = out / "logs" / f"{run['key']}.log"
     folder = run_folder(out, run["key"])
-    if folder is not None and any((folder / "ckpts").glob("step-*.pt")):
-        argv = ["train", "--resume", str(folder)]
-        if args.steps:
-            argv.append(f"trainer.max_steps={args.steps}")
-    else:
-        if folder is not None:  # interrupted before its first checkpoint: start it again
-            shutil.rmtree(out / "runs" / run["key"])
-        argv = ["train", *train_args(args, run, out)]
-    code = _dreamperp(argv, log)
-    folder = run_folder(out, run["key"])
-    if code != 0 or folder is None:
+    code = _dreamperp(["train", *train_args(args, run, out), "--run-dir", str(folder)], log)
+    if code != 0 or not (folder / "config.yaml").is_file():
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] if log.is_file() else []
         raise UsageError(f"run {run['key']} failed (exit {code}): {tail[0] if tail else '?'}; full log: {log}")
     return folder
