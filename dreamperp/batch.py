@@ -51,6 +51,7 @@ from dreamperp.errors import DreamperpError, UsageError, first_line
 from dreamperp.files import atomic_write_bytes, atomic_write_text
 from dreamperp.images import labeled_grid, png_bytes
 from dreamperp.runs.folder import LOCK_NAME, slugify
+from dreamperp.signals import StopSignals
 
 CONNECT_TIMEOUT_S = 20.0  # reaching a Ray cluster: TCP check, then ray.init itself
 LOCK_WAIT_S = 120.0  # a run still held by a dying process (saving its last checkpoint)
@@ -422,29 +423,12 @@ class Progress:
             _say(f"{self._clock()} {rec['status']} {job.name} after {rec['seconds']:.1f} s: {rec['error']}; {self.count()}")
 
 
-class StopSignals:
+class BatchStop(StopSignals):
     """SIGINT/SIGTERM to the driver: stop starting jobs and let the running ones save (a second SIGINT kills them)."""
 
-    def __init__(self) -> None:
-        self.signum: Optional[int] = None
-        self.count = 0
-        self._previous: Dict[int, Any] = {}
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        self.count += 1
-        if self.signum is None:
-            self.signum = signum
+    def on_signal(self, signum: int, first: bool) -> None:
+        if first:
             _say(f"{signal.Signals(signum).name}: stopping; running jobs save a checkpoint (run the batch again to resume)")
-
-    def __enter__(self) -> "StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
 
 
 def detect_gpus() -> List[str]:
@@ -480,7 +464,7 @@ class Batch:
         self.batch_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.records: Dict[str, Dict[str, Any]] = {}
         self.progress = Progress(len(jobs))
-        self.stop = StopSignals()
+        self.stop = BatchStop()
 
     # ------------------------------------------------------------------------------- records
     def _marker(self, job: Job) -> Path:

@@ -49,6 +49,7 @@ from dreamperp.config import MESH_FORMATS
 from dreamperp.errors import UsageError
 from dreamperp.export.common import positive_int, scene_device
 from dreamperp.files import atomic_write_bytes, make_output_folder
+from dreamperp.images import to_uint8
 from dreamperp.runs.checkpoint import load_run
 
 TEXTURED_FORMATS = ("glb", "obj")
@@ -280,8 +281,8 @@ def _signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
 def vertex_albedo(scene: Any, vertices: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
     """RGBA uint8 ``[V, 4]``: ``scene.albedo`` at ``vertices [V, 3]``, queried in chunks on the scene's device."""
     pts = torch.from_numpy(np.asarray(vertices, dtype=np.float32)).to(scene_device(scene))
-    albedo = torch.cat([scene.albedo(p).float().cpu() for p in pts.split(chunk)], 0).clamp(0, 1).numpy()
-    return np.concatenate([np.round(albedo * 255), np.full((len(albedo), 1), 255)], 1).astype(np.uint8)
+    albedo = to_uint8(torch.cat([scene.albedo(p).float().cpu() for p in pts.split(chunk)], 0))
+    return np.concatenate([albedo, np.full((len(albedo), 1), 255, dtype=np.uint8)], 1)
 
 
 @torch.no_grad()

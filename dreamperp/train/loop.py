@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict
 
 import torch
 
@@ -23,6 +22,7 @@ from dreamperp.config import Config
 from dreamperp.errors import DreamperpError, is_out_of_memory
 from dreamperp.runs.checkpoint import save_checkpoint
 from dreamperp.runs.folder import MetricsLogger, RunDir
+from dreamperp.signals import StopSignals
 from dreamperp.train.trainer import Trainer
 
 
@@ -45,36 +45,13 @@ def oom_message(cfg: Config, step: int) -> str:
     return f"out of memory at step {step}; reduce {keys}, or free the device"
 
 
-class StopRequest:
-    """SIGINT/SIGTERM handlers that ask the loop to stop after the current step.
+class StopRequest(StopSignals):
+    """Asks the loop to stop after the current step; a second SIGINT while stopping raises
+    KeyboardInterrupt (abort now)."""
 
-    A second SIGINT while stopping raises KeyboardInterrupt (abort now). Only installable from the
-    main thread; elsewhere it is inert.
-    """
-
-    def __init__(self) -> None:
-        self.signum: Optional[int] = None
-        self._previous: Dict[int, Any] = {}
-
-    def _handler(self, signum: int, frame: Any) -> None:
-        if self.signum is not None and signum == signal.SIGINT:
+    def on_signal(self, signum: int, first: bool) -> None:
+        if not first and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.signum = signum
-
-    def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum is not None else ""
 
 
 # ------------------------------------------------------------------------------------------- loop
