@@ -48,7 +48,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 from dreamperp.config import NOT_PART_OF_A_RUN, VIEW_NAMES, Config, flat_dict, load_config
 from dreamperp.errors import DreamperpError, UsageError, first_line
-from dreamperp.files import atomic_write_bytes, atomic_write_text
+from dreamperp.files import atomic_write_bytes, atomic_write_text, pid_lock
 from dreamperp.images import labeled_grid, png_bytes
 from dreamperp.runs.folder import LOCK_NAME, slugify
 from dreamperp.signals import StopSignals
@@ -814,23 +814,11 @@ def write_contact_sheet(path: Path, jobs: Sequence[Job], records: Dict[str, Dict
 @contextlib.contextmanager
 def batch_lock(out: Path) -> Iterator[None]:
     """One driver per batch folder at a time (the OS drops the lock when the driver dies)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
+    def busy(owner: str) -> str:
+        return f"batch folder '{out}' is being run by another 'dreamperp batch' (pid {owner}); wait for it or stop it first"
+
+    with pid_lock(out / ".batch.lock", busy):
         yield
-        return
-    fd = os.open(out / ".batch.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            raise UsageError(f"batch folder '{out}' is being run by another 'dreamperp batch' (pid {owner}); wait for it or stop it first") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
-    finally:
-        os.close(fd)
 
 
 def default_out(config: str, prompts: str, overrides: Sequence[str]) -> Path:

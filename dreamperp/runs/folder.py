@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterator, Optional
 
 from dreamperp.config import Config, load_config, to_yaml
 from dreamperp.errors import UsageError
-from dreamperp.files import atomic_write_text
+from dreamperp.files import atomic_write_text, pid_lock
 
 CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.jsonl"
@@ -130,23 +130,11 @@ class RunDir:
     def lock(self) -> Iterator[None]:
         """Hold an exclusive lock on the run while training it, so two processes never write the
         same checkpoints. The OS drops the lock when the process dies, even by ``kill -9``."""
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows: no advisory locks, no protection
+        def busy(owner: str) -> str:
+            return f"run '{self.root}' is being trained by another process (pid {owner}); wait for it or stop it first"
+
+        with pid_lock(self.root / LOCK_NAME, busy):
             yield
-            return
-        fd = os.open(self.root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-                raise UsageError(f"run '{self.root}' is being trained by another process (pid {owner}); wait for it or stop it first") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
-            yield
-        finally:
-            os.close(fd)  # closing releases the lock
 
     def load_config(self, overrides: tuple[str, ...] | list[str] = ()) -> Config:
         """The run's resolved config (plus ``overrides``), validated."""
