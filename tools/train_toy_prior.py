@@ -324,9 +324,11 @@ def train(args: argparse.Namespace) -> None:
         xt, t, noise, ids = xt.to(device), t.to(device), noise.to(device), ids.to(device)
         models.unet.train()
         models.text.train()
-        cond = models.text(ids).last_hidden_state
-        pred = models.unet(xt, t, encoder_hidden_states=cond).sample
-        loss = F.mse_loss(pred, noise)
+        # bf16 autocast: ~1.5x faster on CPUs with avx512_bf16; weights, EMA and AdamW stay fp32.
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=args.bf16):
+            cond = models.text(ids).last_hidden_state
+            pred = models.unet(xt, t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred.float(), noise)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, args)
         opt.zero_grad(set_to_none=True)
@@ -479,6 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10**9, help="stop after this many steps in total")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast for the training forward (fp32 weights); may change on --resume")
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
     p.add_argument("--sample-every", type=int, default=1000, help="steps between sample grids")
     p.add_argument("--log-every", type=int, default=25)
