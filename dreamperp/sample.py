@@ -116,6 +116,46 @@ def sample_images(cfg: Config, device: Any = None, prior: Any = None, show_progr
     return denoise(prior, cfg.sample, pos_mix, neg_weights, cfg.sample.num_images, cfg.seed, show_progress)
 
 
+def x0_limits(scheduler_config: Any) -> dict | None:
+    """The x0 clipping rule of a pixel-space scheduler config, or None (latent models: no rule).
+
+    ``{"clip": r}`` for ``clip_sample`` (x0 clamped to [-r, r]); ``{"ratio": p, "max": m}`` for
+    ``thresholding`` (Imagen's dynamic thresholding, as DeepFloyd IF uses).
+    """
+    get = scheduler_config.get if hasattr(scheduler_config, "get") else lambda k, d=None: getattr(scheduler_config, k, d)
+    if get("thresholding", False):
+        return {"ratio": float(get("dynamic_thresholding_ratio", 0.995)), "max": float(get("sample_max_value", 1.0))}
+    if get("clip_sample", False):
+        return {"clip": float(get("clip_sample_range", 1.0))}
+    return None
+
+
+def clipped_epsilon(eps: Any, x: Any, alpha_bar: Any, limits: dict) -> Any:
+    """ε whose x0 estimate is clipped by ``limits`` (see :func:`x0_limits`); docs/design.md §9.
+
+    ``x`` ``[B, C, H, W]`` is the variance-preserving noisy sample, ``alpha_bar`` the cumulative
+    alpha of its timestep: x0 = (x - sqrt(1-ᾱ) ε)/sqrt(ᾱ) is clipped, then ε is re-derived from the
+    clipped x0, ε' = (x - sqrt(ᾱ) x0')/sqrt(1-ᾱ), so every scheduler steps with an ε and an x0 that
+    agree. (diffusers' DDIM clips x0 but keeps the raw ε for its direction term unless
+    ``use_clipped_model_output``: at guidance scales above ~3 that inconsistency turns pixel-space
+    samples into colour noise.)
+    """
+    import torch
+
+    dtype = eps.dtype  # fp16 on a GPU: the division by sqrt(1-ᾱ) near t=0 is done in (at least) float32
+    work = torch.promote_types(dtype, torch.float32)
+    eps, x = eps.to(work), x.to(work)
+    a = torch.as_tensor(alpha_bar, device=eps.device).to(work)
+    x0 = (x - (1 - a).sqrt() * eps) / a.sqrt()
+    if "clip" in limits:
+        x0 = x0.clamp(-limits["clip"], limits["clip"])
+    else:  # per image: s = the ratio-quantile of |x0|, in [1, max]; x0 clamped to [-s, s], divided by s
+        s = torch.quantile(x0.abs().flatten(1), limits["ratio"], dim=1).clamp(1.0, limits["max"])
+        s = s.view(-1, *([1] * (x0.dim() - 1)))
+        x0 = torch.maximum(torch.minimum(x0, s), -s) / s
+    return ((x - a.sqrt() * x0) / (1 - a).sqrt()).to(dtype)
+
+
 def denoise(
     prior: Any, s: SampleConfig, pos_mix: Any, neg_weights: Any, n: int, seed: int, show_progress: bool = False
 ) -> np.ndarray:
@@ -130,7 +170,11 @@ def denoise(
 
     backend = prior.backend
     # The guided score returns ε for every model family, so the sampler steps an epsilon scheduler.
-    scheduler = make_scheduler(backend.scheduler, s.scheduler, **backend.sampling_scheduler_overrides())
+    # Pixel-space x0 clipping is done here (clipped_epsilon), consistently for every scheduler.
+    limits = x0_limits(backend.scheduler.config)
+    overrides = {**backend.sampling_scheduler_overrides(), **({"clip_sample": False, "thresholding": False} if limits else {})}
+    scheduler = make_scheduler(backend.scheduler, s.scheduler, **overrides)
+    alphas = backend.alphas_cumprod
     generator = torch.Generator(device="cpu").manual_seed(seed)
     shape = (n, *backend.sample_shape(s.height, s.width))
 
@@ -143,6 +187,8 @@ def denoise(
         for i, t in enumerate(_progress(scheduler.timesteps, show_progress)):
             model_in = scheduler.scale_model_input(x, t)
             eps, momentum = prior.guided_prediction(model_in, t.reshape(1).expand(n), pos_mix, neg_weights, i, momentum)
+            if limits:
+                eps = clipped_epsilon(eps, model_in, alphas[int(round(float(t)))], limits)
             x = scheduler.step(eps, t, x, **step_kwargs).prev_sample
         image = backend.decode(x)
         return image.cpu().permute(0, 2, 3, 1).float().numpy()

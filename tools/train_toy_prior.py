@@ -179,8 +179,12 @@ def sample_grid(models: Models, prompts: list[str], scales, device: str, seed: i
     """DDIM samples from the EMA: ``[len(scales), len(prompts), 3, H, W]`` in [0, 1], the same noise for every scale."""
     from diffusers import DDIMScheduler
 
-    sched = DDIMScheduler.from_config(models.scheduler.config)
+    from dreamperp.sample import clipped_epsilon, x0_limits
+
+    limits = x0_limits(models.scheduler.config)  # clipped in x0 and ε alike, as `dreamperp sample` does
+    sched = DDIMScheduler.from_config(models.scheduler.config, clip_sample=False)
     sched.set_timesteps(steps)
+    alphas = sched.alphas_cumprod
     unet, text = models.ema_unet.eval(), models.ema_text.eval()
     cond = text(models.ids(prompts, device)).last_hidden_state
     uncond = text(models.ids([""], device)).last_hidden_state.expand_as(cond)
@@ -192,7 +196,7 @@ def sample_grid(models: Models, prompts: list[str], scales, device: str, seed: i
         for t in sched.timesteps:
             eps = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond])).sample
             eu, ec = eps.chunk(2)
-            x = sched.step(eu + s * (ec - eu), t, x).prev_sample
+            x = sched.step(clipped_epsilon(eu + s * (ec - eu), x, alphas[t], limits), t, x).prev_sample
         rows.append((x.clamp(-1, 1) + 1) / 2)
     return torch.stack(rows).cpu()
 
