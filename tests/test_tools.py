@@ -62,3 +62,27 @@ def test_bench_views_smoke(tiny_pixel_dir: Path, tmp_path: Path, monkeypatch, ca
         assert back["success_rate"] == 0.5 and back["identity_rate"] == 0.5  # the red bird right, the red cat wrong
         assert side["success_rate"] == 0.0 and side["predicted_views"]["back"] == 1.0
     assert "| perp-neg |" in capsys.readouterr().out
+
+
+def test_toy_prior_label_weights_keep_each_caption_uniform() -> None:
+    """tools/train_toy_prior.py --label-weights: images of a weighted suffix are drawn W times as
+    often, every image of one label keeps the same weight (p(image | caption) unchanged), bad specs exit."""
+    import importlib.util
+
+    import pytest
+    import torch
+
+    spec = importlib.util.spec_from_file_location("train_toy_prior", ROOT / "tools" / "train_toy_prior.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    labels = torch.tensor([-1, 0, 1, 2, 3, 2, 1, -1])  # none, front, side, back, overhead, back, side, none
+    assert tool.caption_label_weights("", labels) is None
+    w = tool.caption_label_weights("side=2, back=5", labels)
+    assert w.tolist() == [1.0, 1.0, 2.0, 5.0, 1.0, 5.0, 2.0, 1.0]
+    draws = torch.multinomial(w, 200_000, replacement=True, generator=torch.Generator().manual_seed(0))
+    counts = torch.bincount(draws, minlength=len(labels)).double() / 200_000
+    # expected w / sum(w) = w / 18; binomial std <= sqrt(0.28 * 0.72 / 2e5) = 0.001: 0.005 is 5 sigma
+    assert torch.allclose(counts, w / w.sum(), atol=0.005)
+    for bad in ("back", "rear=2", "back=x", "side=0"):
+        with pytest.raises(SystemExit, match="--label-weights"):
+            tool.caption_label_weights(bad, labels)

@@ -234,6 +234,32 @@ def save_checkpoint(work: Path, models: Models, opt, step: int, args: argparse.N
     os.replace(tmp, checkpoint_path(work))
 
 
+def caption_label_weights(spec: str, labels: torch.Tensor) -> torch.Tensor | None:
+    """Per-image sampling weights ``[N]`` from ``"side=2,back=4"`` by caption suffix label (None: uniform).
+
+    Every image whose caption ends in that view suffix is drawn that many times more often. Within
+    one caption the images keep equal weights, so p(image | caption), the caption bias included, is
+    unchanged: only how often each caption is trained changes (the rare suffixes get more steps).
+    """
+    if not spec:
+        return None
+    from dreamperp.toy.captions import VIEWS
+
+    w = torch.ones(labels.shape, dtype=torch.float64)
+    for item in spec.split(","):
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in VIEWS:
+            raise SystemExit(f"--label-weights: {item!r} is not VIEW=WEIGHT with VIEW one of {', '.join(VIEWS)}")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not weight > 0:
+            raise SystemExit(f"--label-weights: {item!r}: the weight must be a positive number")
+        w[labels == VIEWS.index(name.strip())] = weight
+    return w
+
+
 def lr_at(step: int, args: argparse.Namespace) -> float:
     return args.lr * min(1.0, (step + 1) / args.warmup)
 
@@ -254,6 +280,7 @@ def train(args: argparse.Namespace) -> None:
         saved = state["args"]
         for k in ("seed", "num_images", "size", "channels", "text_dim", "batch_size", "uncond_prob", "lr", "warmup", "ema_decay"):
             setattr(args, k, saved[k])  # the run's own settings; --steps, --device, timings may change
+        args.label_weights = saved.get("label_weights", "")
     init = None
     if args.init_from:
         # Warm start from an exported (committed) prior: its EMA weights become both the live and the
@@ -298,6 +325,7 @@ def train(args: argparse.Namespace) -> None:
     captions = [str(c) for c in data["captions"]]
     ids_all = models.ids(captions, "cpu")
     ids_empty = models.ids([""], "cpu")[0]
+    weights = caption_label_weights(args.label_weights, torch.from_numpy(data["label"]))
     alphas = models.scheduler.alphas_cumprod.float()
     with (work / "args.json").open("w") as f:
         json.dump(vars(args), f, indent=1)
@@ -315,7 +343,10 @@ def train(args: argparse.Namespace) -> None:
     while step < args.steps and not stop["now"]:
         # Everything random about this step comes from its own generator: resuming repeats it exactly.
         g = torch.Generator().manual_seed(args.seed * 1_000_003 + step)
-        idx = torch.randint(len(images), (args.batch_size,), generator=g)
+        if weights is None:
+            idx = torch.randint(len(images), (args.batch_size,), generator=g)
+        else:
+            idx = torch.multinomial(weights, args.batch_size, replacement=True, generator=g)
         x0 = images[idx].float() / 127.5 - 1.0
         flip = torch.rand(args.batch_size, generator=g) < 0.5  # objects are mirror-symmetric: a flip is the mirrored azimuth
         x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
@@ -482,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--uncond-prob", type=float, default=0.2, help="share of captions replaced by '' (classifier-free guidance)")
+    p.add_argument("--label-weights", default="", metavar="VIEW=W,...",
+                   help="draw images whose caption has that view suffix W times as often, e.g. side=2,back=4 (conditionals unchanged)")
     p.add_argument("--steps", type=int, default=10**9, help="stop after this many steps in total")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
