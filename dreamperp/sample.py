@@ -122,7 +122,7 @@ def x0_limits(scheduler_config: Any) -> dict | None:
     ``{"clip": r}`` for ``clip_sample`` (x0 clamped to [-r, r]); ``{"ratio": p, "max": m}`` for
     ``thresholding`` (Imagen's dynamic thresholding, as DeepFloyd IF uses).
     """
-    get = scheduler_config.get if hasattr(scheduler_config, "get") else lambda k, d=None: getattr(scheduler_config, k, d)
+    get = scheduler_config.get  # a diffusers scheduler's FrozenDict config
     if get("thresholding", False):
         return {"ratio": float(get("dynamic_thresholding_ratio", 0.995)), "max": float(get("sample_max_value", 1.0))}
     if get("clip_sample", False):

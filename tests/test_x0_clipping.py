@@ -1,4 +1,4 @@
-"""Pixel-space x0 clipping in 2D sampling (docs/design.md §3): the clipped x0 and the ε the scheduler
+"""Pixel-space x0 clipping in 2D sampling (docs/design.md §9): the clipped x0 and the ε the scheduler
 steps with agree, for static clipping and for dynamic thresholding; checked by hand in float64,
 against diffusers' own thresholding, and against diffusers' DDIM with ``use_clipped_model_output``."""
 
