@@ -86,3 +86,48 @@ def test_toy_prior_label_weights_keep_each_caption_uniform() -> None:
     for bad in ("back", "rear=2", "back=x", "side=0"):
         with pytest.raises(SystemExit, match="--label-weights"):
             tool.caption_label_weights(bad, labels)
+
+
+def _load_tool(name: str):  # noqa: ANN202
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
+def test_toy_prior_attn_levels_place_cross_attention_from_the_lowest_resolution() -> None:
+    import pytest
+
+    tool = _load_tool("train_toy_prior")
+    one = tool.unet_config([32, 64, 64], 32, 64)
+    assert one["down_block_types"] == ("DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D")
+    assert one["up_block_types"] == ("CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D")  # up blocks mirror the down blocks
+    two = tool.unet_config([32, 64, 64], 32, 64, attn_levels=2)
+    assert two["down_block_types"] == ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
+    assert two["up_block_types"] == ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
+    for bad in (0, 4):
+        with pytest.raises(SystemExit, match="--attn-levels"):
+            tool.unet_config([32, 64, 64], 32, 64, attn_levels=bad)
+
+
+def test_bench_views_view_directions(tiny_pixel_dir: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    """--view-directions on a tiny random pixel prior: every timestep is measured, a random text
+    encoder makes each suffix change ε, and the reported shares are consistent with the cosines."""
+    import json
+    import math
+
+    tool = _load_tool("bench_views")
+    out = tmp_path / "vd"
+    assert tool.main(["--model", str(tiny_pixel_dir), "--view-directions", "--families", "bird,cat", "--colours", "red", "--out", str(out)]) == 0
+    result = json.loads((out / "view_directions.json").read_text())
+    assert list(result["table"]) == ["300", "600", "900"]
+    for row in result["table"].values():
+        for v in ("front", "side", "back"):
+            assert 0 < row[f"suffix_{v}"] < math.inf
+        c, perp = row["cos_front_back"], row["perp_share_back"]
+        assert -1 <= c <= 1 and 0 <= perp <= 1
+        # sqrt(1 - c^2) is concave: the mean of the shares is at most the share of the mean cosine
+        assert perp <= math.sqrt(1 - c * c) + 1e-9
+    assert "| 600 |" in capsys.readouterr().out

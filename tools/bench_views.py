@@ -22,6 +22,15 @@ the images and timings are still produced and the rates are reported as pending 
 
     python tools/bench_views.py --out assets/bench-views            # full: 16 samples, 15 DDIM steps
     python tools/bench_views.py --quick --out /tmp/bench-views       # smoke test: 2 samples, 2 steps
+    python tools/bench_views.py --view-directions --out assets/bench-views   # how far apart the view prompts point
+
+``--view-directions`` measures what Perp-Neg has to work with, without sampling: toy renders of each
+prompt's object (front, side and back, eval camera) are noised at t = 300, 600, 900 and the prior's
+ε is taken for "", the prompt, and the prompt with each view suffix. Per t it reports, averaged over
+prompts and renders: the suffix effect ``|ε(p, v) − ε(p)| / |ε(p) − ε("")|`` per view (0: the suffix
+is ignored), and the cosine between the front and back directions ``ε(p, v) − ε("")`` with the share
+of the back direction perpendicular to the front one, ``sqrt(1 − cos²)`` (what Perp-Neg keeps when
+it subtracts the front). Written to ``OUT/view_directions.json``.
 
 Cost: per prompt and step the UNet sees 2 (view-prompt) + 4 + 4 + 4 rows per sample, 2 views x 16
 samples: 448 rows; 12 prompts x 15 steps = 80,640 rows of the 32x32 toy UNet. Measured on the
@@ -191,6 +200,70 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     return result
 
 
+DIRECTION_TIMESTEPS = (300, 600, 900)
+DIRECTION_VIEWS = ("front", "side", "back")
+
+
+@torch.no_grad()
+def view_directions(args: argparse.Namespace) -> Dict[str, Any]:
+    """The view-direction measurement of ``--view-directions`` (see the module docstring)."""
+    from dreamperp.cameras import make_cameras
+    from dreamperp.config import DataConfig
+    from dreamperp.toy.world import COLOUR_NAMES, FAMILIES, render
+
+    device = torch.device(args.device)
+    families = args.families.split(",") if args.families else list(FAMILIES)
+    colours = args.colours.split(",") if args.colours else list(COLOUR_NAMES)
+    comp = load_components(args.model, device, "float32")
+    backend = make_backend(GuidanceConfig(model=args.model, dtype="float32"), device, comp)
+    d = DataConfig()
+    azimuths = torch.tensor([0.0, 90.0, 180.0])  # one render per view the prompts name
+    k = len(azimuths)
+    cams = make_cameras(torch.full((k,), d.eval_elevation), azimuths, torch.full((k,), d.eval_radius), torch.full((k,), d.eval_fov), 32, 32)
+    suffixes = [""] + [f", {v} view" for v in DIRECTION_VIEWS]
+    per_t: Dict[int, Dict[str, List[float]]] = {t: {"cos_front_back": [], **{f"suffix_{v}": [] for v in DIRECTION_VIEWS}} for t in DIRECTION_TIMESTEPS}
+    gen = torch.Generator().manual_seed(args.seed)
+    for family in families:
+        for colour in colours:
+            prompt = f"a {colour} {family}"
+            fam = torch.full((k,), FAMILIES.index(family))
+            col = torch.full((k,), COLOUR_NAMES.index(colour))
+            x0 = backend.encode_images(render(fam, col, cams.to(device)).to(device))  # [k, C, H, W]
+            texts = [""] + [prompt + s for s in suffixes]
+            emb = backend.encode_text(texts)  # [T, L, D]: "", p, p+front, p+side, p+back
+            n_text = emb.shape[0]
+            for t in DIRECTION_TIMESTEPS:
+                a = backend.alphas_cumprod[t]
+                noise = torch.randn(x0.shape, generator=gen).to(device)
+                x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+                x_in = x_t.repeat_interleave(n_text, 0)  # image-major: [k * T, C, H, W]
+                tt = torch.full((x_in.shape[0],), t, device=device)
+                out = backend.unet(x_in, tt, encoder_hidden_states=emb.repeat(k, 1, 1)).sample
+                eps = backend.to_epsilon(out, x_in, tt).double().flatten(1).view(k, n_text, -1)
+                uncond, plain = eps[:, 0], eps[:, 1]
+                views = {v: eps[:, 2 + i] for i, v in enumerate(DIRECTION_VIEWS)}
+                base = (plain - uncond).norm(dim=-1)
+                for v, e in views.items():
+                    per_t[t][f"suffix_{v}"] += ((e - plain).norm(dim=-1) / base).tolist()
+                front, back = views["front"] - uncond, views["back"] - uncond
+                per_t[t]["cos_front_back"] += torch.nn.functional.cosine_similarity(front, back, dim=-1).tolist()
+    table = {}
+    for t, lists in per_t.items():
+        row = {name: float(np.mean(xs)) for name, xs in lists.items()}
+        row["perp_share_back"] = float(np.mean([np.sqrt(max(0.0, 1 - c * c)) for c in lists["cos_front_back"]]))
+        table[str(t)] = row
+    return {"settings": {"model": args.model, "families": families, "colours": colours, "timesteps": list(DIRECTION_TIMESTEPS),
+                         "renders": "front/side/back (azimuth 0/90/180) at the eval camera", "seed": args.seed}, "table": table}
+
+
+def print_directions(result: Dict[str, Any]) -> None:
+    print("view directions of the prior (mean over prompts and renders):")
+    print("| t | suffix effect: front | side | back | cos(front, back) | back ⟂ front |")
+    print("|---|---|---|---|---|---|")
+    for t, r in result["table"].items():
+        print(f"| {t} | {r['suffix_front']:.3f} | {r['suffix_side']:.3f} | {r['suffix_back']:.3f} | {r['cos_front_back']:.4f} | {r['perp_share_back']:.1%} |")
+
+
 def summarise(cells: Dict[str, Dict[str, Any]], sampler: str, views: Sequence[str]) -> Dict[str, Dict[str, Any]]:
     """Per asked view: success and identity rates and predicted-view shares over every prompt."""
     table: Dict[str, Dict[str, Any]] = {}
@@ -255,10 +328,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--quick", action="store_true", help="smoke test: 2 samples, 2 steps")
     p.add_argument("--out", default="bench-views", help="output folder (bench_views.json, grid-<sampler>.png)")
+    p.add_argument("--view-directions", action="store_true", help="only measure the view prompts' ε directions (no sampling): OUT/view_directions.json")
     args = p.parse_args(argv)
     if args.quick:
         args.samples, args.steps = 2, 2
     try:
+        if args.view_directions:
+            result = view_directions(args)
+            out_dir = Path(args.out)
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "view_directions.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+            print_directions(result)
+            return 0
         result = run(args)
     except DreamperpError as err:
         print(f"error: {err}", file=sys.stderr)
