@@ -135,3 +135,16 @@ def test_override_addresses_list_items(tmp_path):
         load_config(path, ["guidance.sega.concepts.2.scale=3"])
     with pytest.raises(ConfigError, match="did you mean 'guidance.sega.concepts.0.threshold'"):
         load_config(path, ["guidance.sega.concepts.0.tresh=0.5"])
+
+
+def test_toy_sega_config_is_the_toy_config_plus_its_concepts():
+    """configs/toy-sega.yaml says "everything else is configs/toy.yaml": the SEGA benchmark compares
+    against the Janus benchmark's training, so the two may differ only in name and SEGA concepts."""
+    from dataclasses import asdict
+
+    toy, sega = asdict(load_config(CONFIGS / "toy.yaml")), asdict(load_config(CONFIGS / "toy-sega.yaml"))
+    assert sega["guidance"]["sega"]["concepts"], "toy-sega.yaml has no SEGA concept"
+    for cfg in (toy, sega):
+        cfg.pop("name")
+        cfg["guidance"].pop("sega")
+    assert toy == sega
