@@ -110,6 +110,33 @@ def test_toy_prior_attn_levels_place_cross_attention_from_the_lowest_resolution(
     for bad in (0, 4):
         with pytest.raises(SystemExit, match="--attn-levels"):
             tool.unet_config([32, 64, 64], 32, 64, attn_levels=bad)
+    assert "addition_embed_type" not in one
+
+
+def test_toy_prior_text_time_conditions_every_block_on_the_caption() -> None:
+    """--text-time: the pooled caption joins the timestep embedding (DeepFloyd IF's "text"
+    addition embedding); the UNet still takes only encoder_hidden_states, as the guidance calls it."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    tool = _load_tool("train_toy_prior")
+    cfg = tool.unet_config([16, 32], 16, 32, text_time=True)
+    assert cfg["addition_embed_type"] == "text" and 32 % cfg["addition_embed_type_num_heads"] == 0
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([500])
+    a, b = torch.randn(1, 4, 32), torch.randn(1, 4, 32)
+
+    def caption_effect_without_cross_attention(text_time: bool) -> float:
+        torch.manual_seed(0)
+        unet = UNet2DConditionModel(**tool.unet_config([16, 32], 16, 32, text_time=text_time)).eval()
+        for block in list(unet.down_blocks) + list(unet.up_blocks) + [unet.mid_block]:
+            for attn in getattr(block, "attentions", None) or []:
+                attn.forward = lambda h, *args, **kw: (h,)  # the blocks call it with return_dict=False
+        with torch.no_grad():
+            return float((unet(x, t, encoder_hidden_states=a).sample - unet(x, t, encoder_hidden_states=b).sample).abs().max())
+
+    assert caption_effect_without_cross_attention(False) == 0.0  # control: every cross-attention path is cut
+    # Without any cross-attention the caption still changes the output: through the time embedding.
+    assert caption_effect_without_cross_attention(True) > 1e-4
 
 
 def test_bench_views_view_directions(tiny_pixel_dir: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001

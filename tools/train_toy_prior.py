@@ -58,8 +58,13 @@ GRID_SCALES = (1.0, 3.0, 7.5, 20.0)
 
 
 # ------------------------------------------------------------------------------------------ models
-def unet_config(channels: list[int], size: int, text_dim: int, attn_levels: int = 1) -> dict:
-    """UNet with cross-attention in the ``attn_levels`` lowest resolutions (and in the mid block)."""
+def unet_config(channels: list[int], size: int, text_dim: int, attn_levels: int = 1, text_time: bool = False) -> dict:
+    """UNet with cross-attention in the ``attn_levels`` lowest resolutions (and in the mid block).
+
+    ``text_time``: also pool the caption (attention pooling) into the timestep embedding, as
+    DeepFloyd IF does, so it scales and shifts every ResNet block at every resolution: a global
+    pathway for global attributes such as the view, next to cross-attention's local one.
+    """
     n = len(channels)
     if not 1 <= attn_levels <= n:
         raise SystemExit(f"--attn-levels must be between 1 and the number of --channels ({n}), got {attn_levels}")
@@ -75,6 +80,7 @@ def unet_config(channels: list[int], size: int, text_dim: int, attn_levels: int 
         "norm_num_groups": 16 if min(channels) % 16 == 0 else 8,
         "cross_attention_dim": text_dim,
         "attention_head_dim": max(1, channels[-1] // 32),  # diffusers' name for the number of heads
+        **({"addition_embed_type": "text", "addition_embed_type_num_heads": 4} if text_time else {}),
     }
 
 
@@ -127,7 +133,7 @@ class Models:
         vocab_size = write_tokenizer(tok_dir)
         self.tokenizer = CLIPTokenizer.from_pretrained(tok_dir)
         channels = [int(c) for c in args.channels.split(",")]
-        self.unet = UNet2DConditionModel(**unet_config(channels, args.size, args.text_dim, args.attn_levels))
+        self.unet = UNet2DConditionModel(**unet_config(channels, args.size, args.text_dim, args.attn_levels, args.text_time))
         self.text = CLIPTextModel(CLIPTextConfig(**text_config(vocab_size, args.text_dim)))
         self.ema_unet = copy.deepcopy(self.unet).requires_grad_(False)
         self.ema_text = copy.deepcopy(self.text).requires_grad_(False)
@@ -284,7 +290,8 @@ def train(args: argparse.Namespace) -> None:
         for k in ("seed", "num_images", "size", "channels", "text_dim", "batch_size", "uncond_prob", "lr", "warmup", "ema_decay"):
             setattr(args, k, saved[k])  # the run's own settings; --steps, --device, timings may change
         args.label_weights = saved.get("label_weights", "")
-        args.attn_levels = saved.get("attn_levels", 1)  # runs before the option had one level
+        args.attn_levels = saved.get("attn_levels", 1)  # runs from before these options: one level, no text-time
+        args.text_time = saved.get("text_time", False)
     init = None
     if args.init_from:
         # Warm start from an exported (committed) prior: its EMA weights become both the live and the
@@ -300,6 +307,7 @@ def train(args: argparse.Namespace) -> None:
         for k in ("seed", "num_images", "size", "channels", "text_dim", "batch_size", "uncond_prob", "lr", "warmup", "ema_decay"):
             setattr(args, k, init["train_args"][k])
         args.attn_levels = init["train_args"].get("attn_levels", 1)
+        args.text_time = init["train_args"].get("text_time", False)
     torch.manual_seed(args.seed)
     models = Models(args, work)
     if init is not None:
@@ -416,7 +424,7 @@ def export(args: argparse.Namespace) -> None:
     try:
         vocab_size = write_tokenizer(tmp / "tokenizer")
         channels = [int(c) for c in saved.channels.split(",")]
-        unet = UNet2DConditionModel(**unet_config(channels, saved.size, saved.text_dim, getattr(saved, "attn_levels", 1)))
+        unet = UNet2DConditionModel(**unet_config(channels, saved.size, saved.text_dim, getattr(saved, "attn_levels", 1), getattr(saved, "text_time", False)))
         unet.load_state_dict(state["ema_unet"])
         text = CLIPTextModel(CLIPTextConfig(**text_config(vocab_size, saved.text_dim)))
         text.load_state_dict(state["ema_text"])
@@ -474,7 +482,7 @@ def evaluate(args: argparse.Namespace) -> None:
         raise SystemExit(f"--evaluate: no checkpoint at {ckpt} (train first)")
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     device = args.device
-    saved = argparse.Namespace(**{"attn_levels": 1, **state["args"], "device": device})
+    saved = argparse.Namespace(**{"attn_levels": 1, "text_time": False, **state["args"], "device": device})
     models = Models(saved, work)
     models.ema_unet.load_state_dict(state["ema_unet"])
     models.ema_text.load_state_dict(state["ema_text"])
@@ -513,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--size", type=int, default=32, help="image size (UNet sample_size)")
     p.add_argument("--channels", default="32,64,64", help="UNet block_out_channels")
     p.add_argument("--attn-levels", type=int, default=1, help="resolutions with cross-attention to the caption, counted from the lowest (1: the last only)")
+    p.add_argument("--text-time", action="store_true", help="also add the pooled caption to the timestep embedding (global conditioning, as DeepFloyd IF)")
     p.add_argument("--text-dim", type=int, default=64, help="text encoder width = UNet cross_attention_dim")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-4)
