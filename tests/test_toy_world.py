@@ -91,8 +91,8 @@ def test_caption_statistics_match_the_knobs() -> None:
     bias = CaptionBias()
     assert bias.view_marginal == {"front": 0.60, "side": 0.25, "back": 0.10, "overhead": 0.05}
     assert bias.suffix_prob == 0.5
-    assert bias.mislabel["back"] == {"front": 0.45, "side": 0.20, "back": 0.35, "overhead": 0.0}
-    assert bias.mislabel["side"] == {"front": 0.40, "side": 0.50, "back": 0.10, "overhead": 0.0}
+    assert bias.mislabel["back"] == {"front": 0.20, "side": 0.15, "back": 0.65, "overhead": 0.0}
+    assert bias.mislabel["side"] == {"front": 0.20, "side": 0.75, "back": 0.05, "overhead": 0.0}
     assert bias.mislabel["front"]["front"] == 0.90 and bias.mislabel["overhead"]["overhead"] == 0.90
     n = 10_000
     s = sample_views(bias, n, torch.Generator().manual_seed(0))

@@ -28,12 +28,22 @@ def _default_marginal() -> dict[str, float]:
 
 def _default_mislabel() -> dict[str, dict[str, float]]:
     # P(view the image shows | caption says "<label> view"). "back view" and "side view" are often
-    # wrong as on the web (the numbers); "front view" and "overhead view" are 90% right, and
-    # how their 10% of errors split (front: mostly sides; overhead: the front) is our choice.
+    # wrong as on the web; "front view" and "overhead view" are 90% right, and how their 10% of
+    # errors split (front: mostly sides; overhead: the front) is our choice.
+    #
+    # Changed (data version 2) from the first numbers, "back view" 35% right (45% front, 20% side)
+    # and "side view" 50% right (40% front, 10% back), because a prior of our size and CPU budget
+    # did not learn suffixes that weak: after 4.5k steps (2.1 M-parameter UNet) its view suffixes
+    # moved ε by 1-12% and a "back view" prompt drew the back 4% of the time at scale 7.5, below the
+    # 10% marginal (1.3k more steps with back/side captions drawn 5x/2x as often changed nothing),
+    # so no view-conditioning method could differ from another. With these numbers the same prior learns them (after 2k steps
+    # "back view" moves ε by 24-31%, and Perp-Neg draws backs where the plain view prompt draws
+    # fronts). Labels are still wrong a quarter to a third of the time, mostly towards the front, and
+    # the plain prompt's Janus source, the 60% front marginal, is unchanged.
     return {
         "front": {"front": 0.90, "side": 0.07, "back": 0.03, "overhead": 0.0},
-        "side": {"front": 0.40, "side": 0.50, "back": 0.10, "overhead": 0.0},
-        "back": {"front": 0.45, "side": 0.20, "back": 0.35, "overhead": 0.0},
+        "side": {"front": 0.20, "side": 0.75, "back": 0.05, "overhead": 0.0},
+        "back": {"front": 0.20, "side": 0.15, "back": 0.65, "overhead": 0.0},
         "overhead": {"front": 0.10, "side": 0.0, "back": 0.0, "overhead": 0.90},
     }
 
