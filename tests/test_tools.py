@@ -9,6 +9,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _load_tool(name: str):  # noqa: ANN202
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
 def test_bench_step_prints_a_stage_table(tiny_model_dir: Path) -> None:
     result = subprocess.run(
         [sys.executable, "tools/bench_step.py", "configs/tiny.yaml", f"guidance.model={tiny_model_dir}", "--steps", "3", "--warmup", "1"],
@@ -27,14 +36,11 @@ def test_bench_step_prints_a_stage_table(tiny_model_dir: Path) -> None:
 def test_bench_views_smoke(tiny_pixel_dir: Path, tmp_path: Path, monkeypatch, capsys) -> None:  # noqa: ANN001
     """tools/bench_views.py end to end on a tiny random pixel prior, with a stand-in classifier that
     always answers "back view of a red bird" (so the rates are known)."""
-    import importlib.util
     import json
 
     import torch
 
-    spec = importlib.util.spec_from_file_location("bench_views", ROOT / "tools" / "bench_views.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _load_tool("bench_views")
     views, families, colours = bench.class_names()
 
     class Always:
@@ -67,14 +73,10 @@ def test_bench_views_smoke(tiny_pixel_dir: Path, tmp_path: Path, monkeypatch, ca
 def test_toy_prior_label_weights_keep_each_caption_uniform() -> None:
     """tools/train_toy_prior.py --label-weights: images of a weighted suffix are drawn W times as
     often, every image of one label keeps the same weight (p(image | caption) unchanged), bad specs exit."""
-    import importlib.util
-
     import pytest
     import torch
 
-    spec = importlib.util.spec_from_file_location("train_toy_prior", ROOT / "tools" / "train_toy_prior.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _load_tool("train_toy_prior")
     labels = torch.tensor([-1, 0, 1, 2, 3, 2, 1, -1])  # none, front, side, back, overhead, back, side, none
     assert tool.caption_label_weights("", labels) is None
     w = tool.caption_label_weights("side=2, back=5", labels)
@@ -86,15 +88,6 @@ def test_toy_prior_label_weights_keep_each_caption_uniform() -> None:
     for bad in ("back", "rear=2", "back=x", "side=0"):
         with pytest.raises(SystemExit, match="--label-weights"):
             tool.caption_label_weights(bad, labels)
-
-
-def _load_tool(name: str):  # noqa: ANN202
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    return tool
 
 
 def test_toy_prior_attn_levels_place_cross_attention_from_the_lowest_resolution() -> None:

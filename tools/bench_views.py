@@ -212,8 +212,9 @@ def view_directions(args: argparse.Namespace) -> Dict[str, Any]:
     from dreamperp.toy.world import COLOUR_NAMES, FAMILIES, render
 
     device = torch.device(args.device)
-    families = args.families.split(",") if args.families else list(FAMILIES)
-    colours = args.colours.split(",") if args.colours else list(COLOUR_NAMES)
+    families, colours = toy_lists()
+    families = args.families.split(",") if args.families else list(families)
+    colours = args.colours.split(",") if args.colours else list(colours)
     comp = load_components(args.model, device, "float32")
     backend = make_backend(GuidanceConfig(model=args.model, dtype="float32"), device, comp)
     d = DataConfig()

@@ -55,6 +55,15 @@ SCHEDULER_CONFIG = {
     "clip_sample_range": 1.0,
 }
 GRID_SCALES = (1.0, 3.0, 7.5, 20.0)
+#: The settings a run keeps for its whole life (restored by --resume and --init-from).
+RUN_KEYS = ("seed", "num_images", "size", "channels", "text_dim", "batch_size", "uncond_prob", "lr", "warmup", "ema_decay", "attn_levels", "text_time")
+#: What runs saved before an architecture option existed were trained with.
+OPTION_DEFAULTS = {"attn_levels": 1, "text_time": False}
+
+
+def saved_settings(saved: dict) -> dict:
+    """A checkpoint's or export's saved args, with OPTION_DEFAULTS for options it predates."""
+    return {**OPTION_DEFAULTS, **saved}
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -286,12 +295,10 @@ def train(args: argparse.Namespace) -> None:
         if not ckpt.is_file():
             raise SystemExit(f"--resume: no checkpoint at {ckpt}")
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        saved = state["args"]
-        for k in ("seed", "num_images", "size", "channels", "text_dim", "batch_size", "uncond_prob", "lr", "warmup", "ema_decay"):
+        saved = saved_settings(state["args"])
+        for k in RUN_KEYS:
             setattr(args, k, saved[k])  # the run's own settings; --steps, --device, timings may change
         args.label_weights = saved.get("label_weights", "")
-        args.attn_levels = saved.get("attn_levels", 1)  # runs from before these options: one level, no text-time
-        args.text_time = saved.get("text_time", False)
     init = None
     if args.init_from:
         # Warm start from an exported (committed) prior: its EMA weights become both the live and the
@@ -304,10 +311,9 @@ def train(args: argparse.Namespace) -> None:
         if not meta_path.is_file():
             raise SystemExit(f"--init-from: {src} is not an exported toy prior (no {meta_path.name})")
         init = json.loads(meta_path.read_text(encoding="utf-8"))
-        for k in ("seed", "num_images", "size", "channels", "text_dim", "batch_size", "uncond_prob", "lr", "warmup", "ema_decay"):
-            setattr(args, k, init["train_args"][k])
-        args.attn_levels = init["train_args"].get("attn_levels", 1)
-        args.text_time = init["train_args"].get("text_time", False)
+        init_args = saved_settings(init["train_args"])
+        for k in RUN_KEYS:
+            setattr(args, k, init_args[k])
     torch.manual_seed(args.seed)
     models = Models(args, work)
     if init is not None:
@@ -417,14 +423,14 @@ def export(args: argparse.Namespace) -> None:
     if not ckpt.is_file():
         raise SystemExit(f"--export: no checkpoint at {ckpt} (train first)")
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    saved = argparse.Namespace(**state["args"])
+    saved = argparse.Namespace(**saved_settings(state["args"]))
     out = Path(args.export)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         vocab_size = write_tokenizer(tmp / "tokenizer")
         channels = [int(c) for c in saved.channels.split(",")]
-        unet = UNet2DConditionModel(**unet_config(channels, saved.size, saved.text_dim, getattr(saved, "attn_levels", 1), getattr(saved, "text_time", False)))
+        unet = UNet2DConditionModel(**unet_config(channels, saved.size, saved.text_dim, saved.attn_levels, saved.text_time))
         unet.load_state_dict(state["ema_unet"])
         text = CLIPTextModel(CLIPTextConfig(**text_config(vocab_size, saved.text_dim)))
         text.load_state_dict(state["ema_text"])
@@ -482,7 +488,7 @@ def evaluate(args: argparse.Namespace) -> None:
         raise SystemExit(f"--evaluate: no checkpoint at {ckpt} (train first)")
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     device = args.device
-    saved = argparse.Namespace(**{"attn_levels": 1, "text_time": False, **state["args"], "device": device})
+    saved = argparse.Namespace(**{**saved_settings(state["args"]), "device": device})
     models = Models(saved, work)
     models.ema_unet.load_state_dict(state["ema_unet"])
     models.ema_text.load_state_dict(state["ema_text"])

@@ -36,9 +36,9 @@ def _default_mislabel() -> dict[str, dict[str, float]]:
     # did not learn suffixes that weak: after 4.5k steps (2.1 M-parameter UNet) its view suffixes
     # moved ε by 1-12% and a "back view" prompt drew the back 4% of the time at scale 7.5, below the
     # 10% marginal (1.3k more steps with back/side captions drawn 5x/2x as often changed nothing),
-    # so no view-conditioning method could differ from another. With these numbers the same prior learns them (after 2k steps
-    # "back view" moves ε by 24-31%, and Perp-Neg draws backs where the plain view prompt draws
-    # fronts). Labels are still wrong a quarter to a third of the time, mostly towards the front, and
+    # so no view-conditioning method could differ from another. With these numbers the same prior
+    # learns them (after 2k steps "back view" moves ε by 24-31%, and Perp-Neg draws backs where the
+    # plain view prompt draws fronts). Labels are still wrong a quarter to a third of the time, mostly towards the front, and
     # the plain prompt's Janus source, the 60% front marginal, is unchanged.
     return {
         "front": {"front": 0.90, "side": 0.07, "back": 0.03, "overhead": 0.0},
