@@ -262,8 +262,26 @@ def test_bench_plan_resume_table_and_contact_sheet(tmp_path: Path, capsys: pytes
 
 def test_bench_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     tool = load_tool()
-    for bad in (["--methods", "nope"], ["--families", "dog"], ["--seeds", "a"], ["--seeds", "1,1"], ["--config", str(tmp_path / "x.yaml")]):
+    bad_args = (["--methods", "nope"], ["--families", "dog"], ["--seeds", "a"], ["--seeds", "1,1"], ["--config", str(tmp_path / "x.yaml")], ["--jobs", "0"])
+    for bad in bad_args:
         assert tool.main([*bad, "--out", str(tmp_path / "o")]) == 2
         assert capsys.readouterr().err.startswith("error: ")
     assert not (tmp_path / "o").exists()
     assert tool.sega_target_colour(ROOT / "configs" / "toy-sega.yaml") == "blue"
+
+
+def test_bench_trains_two_runs_at_once(tmp_path: Path, tiny_pixel_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    """--jobs 2 trains two real runs concurrently through ``dreamperp train``; both are scored, and
+    the table holds both methods in plan order."""
+    tool = load_tool()
+    out = tmp_path / "bench"
+    args = ["--model", str(tiny_pixel_dir), "--steps", "2", "--families", "bird", "--seeds", "0", "--methods", "plain,views",
+            "--frames", "4", "--jobs", "2", "--out", str(out), "--set", "trainer.val_every=100"]
+    assert tool.main(args) == 0
+    text = capsys.readouterr().out
+    assert text.count("identity") == 3 and "done before" not in text  # two run lines + the table header
+    summary = json.loads((out / "janus.json").read_text())
+    assert [r["group"] for r in summary["table"]] == ["plain", "views"]
+    assert [r["key"] for r in summary["runs"]] == ["plain-bird-red-s0", "views-bird-red-s0"]
+    assert all(r["steps"] == 2 and r["frames"] == 4 for r in summary["runs"])
+    assert tool.main(args) == 0 and capsys.readouterr().out.count("done before (skipped)") == 2

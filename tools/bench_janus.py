@@ -37,7 +37,7 @@ overrides, and a call with other ones is refused):
   per-run rows; ``janus-contact.png``: per family one row per method, frames at 0/45/.../315°
   (``sega.*`` and ``sega-contact.png`` with ``--sega``).
 
-    python tools/bench_janus.py --out bench-janus                 # 3 families x 3 seeds x 4 methods
+    python tools/bench_janus.py --jobs 2 --out bench-janus        # 3 families x 3 seeds x 4 methods, 2 at once
     python tools/bench_janus.py --quick --out bench-janus-quick   # the bird, seed 0, 4 methods
     python tools/bench_janus.py --sega --out bench-sega           # SEGA with / without, 3 seeds
     python tools/bench_janus.py --model tiny-pixel --steps 5 --families bird --seeds 0 --methods plain --out /tmp/smoke
@@ -55,6 +55,7 @@ import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -158,9 +159,12 @@ def train_args(args: argparse.Namespace, run: Dict[str, Any], out: Path) -> List
     return items
 
 
-def _dreamperp(argv: List[str], log: Path) -> int:
-    """``python -m dreamperp ARGV`` with this checkout first on the path; output appended to ``log``."""
+def _dreamperp(argv: List[str], log: Path, threads: int = 0) -> int:
+    """``python -m dreamperp ARGV`` with this checkout first on the path; output appended to ``log``.
+    ``threads > 0`` sets the child's OMP_NUM_THREADS unless the caller's environment sets it."""
     env = dict(os.environ)
+    if threads > 0 and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(threads)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", encoding="utf-8") as fh:
@@ -169,12 +173,13 @@ def _dreamperp(argv: List[str], log: Path) -> int:
         return subprocess.run([sys.executable, "-m", "dreamperp", *argv], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
 
 
-def train_run(args: argparse.Namespace, run: Dict[str, Any], out: Path) -> Path:
+def train_run(args: argparse.Namespace, run: Dict[str, Any], out: Path, threads: int = 0) -> Path:
     """Train one run in ``OUT/runs/<key>`` with ``dreamperp train --run-dir`` (which resumes it from its
-    newest checkpoint when an earlier call was interrupted); returns the folder. UsageError naming the log on failure."""
+    newest checkpoint when an earlier call was interrupted); returns the folder. UsageError naming the log on failure.
+    ``threads``: the child's OMP_NUM_THREADS (0: torch's default)."""
     log = out / "logs" / f"{run['key']}.log"
     folder = run_folder(out, run["key"])
-    code = _dreamperp(["train", *train_args(args, run, out), "--run-dir", str(folder)], log)
+    code = _dreamperp(["train", *train_args(args, run, out), "--run-dir", str(folder)], log, threads)
     if code != 0 or not (folder / "config.yaml").is_file():
         tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] if log.is_file() else []
         raise UsageError(f"run {run['key']} failed (exit {code}): {tail[0] if tail else '?'}; full log: {log}")
@@ -204,6 +209,12 @@ def score_folder(
         pred_family=preds["family"], pred_colour=preds["colour"],
     )
     return result, None if frames_8 is None else to_uint8(frames_8)
+
+
+def _timed(fn: Any, *a: Any) -> tuple[Any, float]:
+    """``fn(*a)`` and the seconds it took."""
+    t0 = time.perf_counter()
+    return fn(*a), time.perf_counter() - t0
 
 
 def load_result(path: Path) -> Optional[Dict[str, Any]]:
@@ -367,30 +378,51 @@ def bench(args: argparse.Namespace) -> Dict[str, Any]:
     runs = plan(args)
     classifier = ToyClassifier.load(args.classifier or toy_asset_path("toy-classifier"))
     check_settings(out, args)
-    results: List[Dict[str, Any]] = []
     t_all = time.perf_counter()
+    done: Dict[str, Dict[str, Any]] = {}
+    todo: List[Dict[str, Any]] = []
     for i, run in enumerate(runs, 1):
-        res_path = out / "results" / f"{run['key']}.json"
-        done = load_result(res_path)
-        if done is not None:
+        res = load_result(out / "results" / f"{run['key']}.json")
+        if res is not None:
             print(f"[{i}/{len(runs)}] {run['key']}: done before (skipped)", flush=True)
-            results.append(done)
-            continue
-        t0 = time.perf_counter()
-        folder = train_run(args, run, out)
-        t1 = time.perf_counter()
-        # Contact frames only for the first seed: the sheet shows one seed, and they cost as much as the turntable.
-        result, strip = score_folder(folder, classifier, run, args.frames, args.size, strip=run["seed"] == args.seed_list[0])
-        result.update(train_seconds=round(t1 - t0, 1), score_seconds=round(time.perf_counter() - t1, 1))
-        if strip is not None:
-            atomic_write_bytes(out / "frames" / f"{run['key']}.png", png_bytes(np.concatenate(list(strip), 1)))
-        atomic_write_text(res_path, json.dumps(result, indent=1) + "\n")
-        results.append(result)
-        print(
-            f"[{i}/{len(runs)}] {run['key']}: view consistency {result['view_consistency']:.2f}, Janus {result['janus']}, "
-            f"identity {result['identity']:.0%} (train {result['train_seconds']:.0f} s, score {result['score_seconds']:.0f} s)",
-            flush=True,
-        )
+            done[run["key"]] = res
+        else:
+            todo.append(run)
+    # Each training is a process of its own; with --jobs N they share the cores (N runs at once, each
+    # with cores / N threads), and this process scores each one as it finishes.
+    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else 0
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        started = {}
+        for run in todo:
+            started[pool.submit(_timed, train_run, args, run, out, threads)] = run
+        failure: Optional[BaseException] = None
+        for fut in as_completed(started):
+            run = started[fut]
+            if fut.cancelled():
+                continue
+            try:
+                folder, train_seconds = fut.result()
+            except DreamperpError as err:  # start no more runs; let the running ones finish, then report
+                failure = failure or err
+                for other in started:
+                    other.cancel()
+                continue
+            t1 = time.perf_counter()
+            # Contact frames only for the first seed: the sheet shows one seed, and they cost as much as the turntable.
+            result, strip = score_folder(folder, classifier, run, args.frames, args.size, strip=run["seed"] == args.seed_list[0])
+            result.update(train_seconds=round(train_seconds, 1), score_seconds=round(time.perf_counter() - t1, 1))
+            if strip is not None:
+                atomic_write_bytes(out / "frames" / f"{run['key']}.png", png_bytes(np.concatenate(list(strip), 1)))
+            atomic_write_text(out / "results" / f"{run['key']}.json", json.dumps(result, indent=1) + "\n")
+            done[run["key"]] = result
+            print(
+                f"[{len(done)}/{len(runs)}] {run['key']}: view consistency {result['view_consistency']:.2f}, Janus {result['janus']}, "
+                f"identity {result['identity']:.0%} (train {result['train_seconds']:.0f} s, score {result['score_seconds']:.0f} s)",
+                flush=True,
+            )
+    if failure is not None:
+        raise failure
+    results = [done[run["key"]] for run in runs]
     groups = list(dict.fromkeys(r["group"] for r in runs))
     labels = {k: v[0] for k, v in (SEGA_CONDITIONS if args.sega else METHODS).items()}
     rows = summarise(results, groups, target)
@@ -438,11 +470,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--frames", type=int, default=36, help="turntable frames classified per run (default 36)")
     p.add_argument("--size", type=int, default=0, help="turntable frame size in pixels (default: the classifier's input, 32)")
     p.add_argument("--classifier", default=None, help="toy classifier folder (default assets/toy-classifier)")
+    p.add_argument("--jobs", type=int, default=1, help="trainings run at once, each with cores / JOBS threads (default 1; 2 on 2 cores: half the wall time)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra config override for every run (repeatable)")
     args = p.parse_args(argv)
     try:
-        if args.steps < 0 or args.frames < 1 or args.size < 0:
-            raise UsageError("--steps and --size must be >= 0, --frames >= 1")
+        if args.steps < 0 or args.frames < 1 or args.size < 0 or args.jobs < 1:
+            raise UsageError("--steps and --size must be >= 0, --frames and --jobs >= 1")
         args.config = args.config or str(ROOT / "configs" / ("toy-sega.yaml" if args.sega else "toy.yaml"))
         args.family_list = _split(args.families, FAMILIES, "--families")
         args.seed_list = parse_seeds(args.seeds)
