@@ -285,3 +285,16 @@ def test_bench_trains_two_runs_at_once(tmp_path: Path, tiny_pixel_dir: Path, cap
     assert [r["key"] for r in summary["runs"]] == ["plain-bird-red-s0", "views-bird-red-s0"]
     assert all(r["steps"] == 2 and r["frames"] == 4 for r in summary["runs"])
     assert tool.main(args) == 0 and capsys.readouterr().out.count("done before (skipped)") == 2
+
+
+def test_bench_stops_at_a_failed_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """A run that fails (here: a config key that does not exist) ends the benchmark with exit 2 and a
+    line naming its log; the queued run is not started."""
+    tool = load_tool()
+    out = tmp_path / "bench"
+    args = ["--model", "tiny-pixel", "--families", "bird", "--seeds", "0", "--methods", "plain,views", "--out", str(out), "--set", "trainer.nope=1"]
+    assert tool.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: run plain-bird-red-s0 failed (exit 2)") and "full log:" in err
+    assert sorted(p.name for p in (out / "logs").iterdir()) == ["plain-bird-red-s0.log"]
+    assert not (out / "results").exists() and not (out / "janus.json").exists()

@@ -54,6 +54,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -209,12 +210,6 @@ def score_folder(
         pred_family=preds["family"], pred_colour=preds["colour"],
     )
     return result, None if frames_8 is None else to_uint8(frames_8)
-
-
-def _timed(fn: Any, *a: Any) -> tuple[Any, float]:
-    """``fn(*a)`` and the seconds it took."""
-    t0 = time.perf_counter()
-    return fn(*a), time.perf_counter() - t0
 
 
 def load_result(path: Path) -> Optional[Dict[str, Any]]:
@@ -391,22 +386,33 @@ def bench(args: argparse.Namespace) -> Dict[str, Any]:
     # Each training is a process of its own; with --jobs N they share the cores (N runs at once, each
     # with cores / N threads), and this process scores each one as it finishes.
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else 0
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        started = {}
-        for run in todo:
-            started[pool.submit(_timed, train_run, args, run, out, threads)] = run
-        failure: Optional[BaseException] = None
+    stop = threading.Event()  # set by a failed training (in its worker, so no queued run starts after it) or Ctrl-C
+
+    def train_timed(run: Dict[str, Any]) -> Optional[tuple[Path, float]]:
+        if stop.is_set():
+            return None
+        t0 = time.perf_counter()
+        try:
+            folder = train_run(args, run, out, threads)
+        except BaseException:
+            stop.set()
+            raise
+        return folder, time.perf_counter() - t0
+
+    pool = ThreadPoolExecutor(max_workers=args.jobs)
+    failure: Optional[BaseException] = None
+    try:
+        started = {pool.submit(train_timed, run): run for run in todo}
         for fut in as_completed(started):
             run = started[fut]
-            if fut.cancelled():
-                continue
             try:
-                folder, train_seconds = fut.result()
-            except DreamperpError as err:  # start no more runs; let the running ones finish, then report
+                trained = fut.result()
+            except DreamperpError as err:  # the running ones finish (they would resume anyway), then report
                 failure = failure or err
-                for other in started:
-                    other.cancel()
                 continue
+            if trained is None:
+                continue
+            folder, train_seconds = trained
             t1 = time.perf_counter()
             # Contact frames only for the first seed: the sheet shows one seed, and they cost as much as the turntable.
             result, strip = score_folder(folder, classifier, run, args.frames, args.size, strip=run["seed"] == args.seed_list[0])
@@ -420,6 +426,10 @@ def bench(args: argparse.Namespace) -> Dict[str, Any]:
                 f"identity {result['identity']:.0%} (train {result['train_seconds']:.0f} s, score {result['score_seconds']:.0f} s)",
                 flush=True,
             )
+    finally:
+        # On a failure or Ctrl-C no queued run starts; running ones end (Ctrl-C reaches them too) and resume next time.
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
     if failure is not None:
         raise failure
     results = [done[run["key"]] for run in runs]
