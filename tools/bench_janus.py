@@ -66,6 +66,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from dreamperp.batch import cpu_count, thread_env  # noqa: E402
 from dreamperp.errors import DreamperpError, UsageError  # noqa: E402
 from dreamperp.files import atomic_write_bytes, atomic_write_text  # noqa: E402
 from dreamperp.images import png_bytes, to_uint8  # noqa: E402
@@ -162,10 +163,11 @@ def train_args(args: argparse.Namespace, run: Dict[str, Any], out: Path) -> List
 
 def _dreamperp(argv: List[str], log: Path, threads: int = 0) -> int:
     """``python -m dreamperp ARGV`` with this checkout first on the path; output appended to ``log``.
-    ``threads > 0`` sets the child's OMP_NUM_THREADS unless the caller's environment sets it."""
+    ``threads > 0`` sets the child's thread limits (``dreamperp batch``'s) where the caller's environment sets none."""
     env = dict(os.environ)
-    if threads > 0 and "OMP_NUM_THREADS" not in env:
-        env["OMP_NUM_THREADS"] = str(threads)
+    if threads > 0:
+        for key, value in thread_env(threads).items():
+            env.setdefault(key, value)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", encoding="utf-8") as fh:
@@ -177,7 +179,7 @@ def _dreamperp(argv: List[str], log: Path, threads: int = 0) -> int:
 def train_run(args: argparse.Namespace, run: Dict[str, Any], out: Path, threads: int = 0) -> Path:
     """Train one run in ``OUT/runs/<key>`` with ``dreamperp train --run-dir`` (which resumes it from its
     newest checkpoint when an earlier call was interrupted); returns the folder. UsageError naming the log on failure.
-    ``threads``: the child's OMP_NUM_THREADS (0: torch's default)."""
+    ``threads``: the child's CPU threads (0: torch's default)."""
     log = out / "logs" / f"{run['key']}.log"
     folder = run_folder(out, run["key"])
     code = _dreamperp(["train", *train_args(args, run, out), "--run-dir", str(folder)], log, threads)
@@ -385,7 +387,7 @@ def bench(args: argparse.Namespace) -> Dict[str, Any]:
             todo.append(run)
     # Each training is a process of its own; with --jobs N they share the cores (N runs at once, each
     # with cores / N threads), and this process scores each one as it finishes.
-    threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else 0
+    threads = max(1, cpu_count() // args.jobs) if args.jobs > 1 else 0
     stop = threading.Event()  # set by a failed training (in its worker, so no queued run starts after it) or Ctrl-C
 
     def train_timed(run: Dict[str, Any]) -> Optional[tuple[Path, float]]:
