@@ -90,6 +90,23 @@ def test_toy_prior_label_weights_keep_each_caption_uniform() -> None:
             tool.caption_label_weights(bad, labels)
 
 
+def test_toy_prior_camera_ranges_draw_the_dataset_and_key_its_cache(tmp_path) -> None:
+    """--radius-range / --fov-range: the rendered dataset's cameras lie in the ranges, a non-default
+    range gets its own cache file (the default keeps the old name), bad specs exit naming the option."""
+    import pytest
+
+    tool = _load_tool("train_toy_prior")
+    close = tool.load_data(tmp_path, 0, 8, 16, "cpu", "1.5,1.6", "40,45")
+    assert close["images"].shape == (8, 16, 16, 3)
+    assert ((close["radius"] >= 1.5) & (close["radius"] <= 1.6)).all() and ((close["fovy"] >= 40) & (close["fovy"] <= 45)).all()
+    default = tool.load_data(tmp_path, 0, 32, 16, "cpu")  # 8 poses (each in 4 colours) from [1.5, 2.0] and [40, 70]
+    assert (default["radius"] > 1.6).any() and (default["fovy"] > 45).any()
+    assert sorted(f.name for f in tmp_path.glob("*.npz")) == ["data-v2-seed0-n32-s16.npz", "data-v2-seed0-n8-s16-r1.5-1.6-f40-45.npz"]
+    for bad in ("1.5", "2,1", "0,1", "a,b"):
+        with pytest.raises(SystemExit, match="--radius-range"):
+            tool.data_cameras(bad, "40,70")
+
+
 def test_toy_prior_attn_levels_place_cross_attention_from_the_lowest_resolution() -> None:
     import pytest
 

@@ -57,8 +57,10 @@ SCHEDULER_CONFIG = {
 GRID_SCALES = (1.0, 3.0, 7.5, 20.0)
 #: The settings a run keeps for its whole life (restored by --resume and --init-from).
 RUN_KEYS = ("seed", "num_images", "size", "channels", "text_dim", "batch_size", "uncond_prob", "lr", "warmup", "ema_decay", "attn_levels", "text_time")
-#: What runs saved before an architecture option existed were trained with.
-OPTION_DEFAULTS = {"attn_levels": 1, "text_time": False}
+#: What runs saved before an option existed were trained with (the camera ranges: DataConfig's defaults then).
+OPTION_DEFAULTS = {"attn_levels": 1, "text_time": False, "radius_range": "1.5,2.0", "fov_range": "40,70"}
+#: Data settings a fine-tune may change: --resume restores them, --init-from does not (a warm start on new data).
+DATA_KEYS = ("radius_range", "fov_range")
 
 
 def saved_settings(saved: dict) -> dict:
@@ -167,19 +169,40 @@ class Models:
 
 
 # -------------------------------------------------------------------------------------------- data
-def load_data(work: Path, seed: int, n: int, size: int, device: str) -> dict[str, np.ndarray]:
+def parse_range(spec: str, name: str) -> list[float]:
+    """``"LO,HI"`` → ``[lo, hi]`` with ``0 < lo <= hi`` (SystemExit naming the option otherwise)."""
+    try:
+        lo, hi = (float(v) for v in spec.split(","))
+    except ValueError:
+        raise SystemExit(f"{name}: {spec!r} is not LO,HI (two numbers, e.g. 1.5,1.6)") from None
+    if not 0 < lo <= hi:
+        raise SystemExit(f"{name}: {spec!r} must have 0 < LO <= HI")
+    return [lo, hi]
+
+
+def data_cameras(radius_range: str, fov_range: str):
+    """The DataConfig the dataset's cameras are drawn from: default elevations, the given radius and fov ranges."""
+    from dreamperp.config import DataConfig
+
+    return DataConfig(radius_range=parse_range(radius_range, "--radius-range"), fov_range=parse_range(fov_range, "--fov-range"))
+
+
+def load_data(work: Path, seed: int, n: int, size: int, device: str, radius_range: str = "1.5,2.0", fov_range: str = "40,70") -> dict[str, np.ndarray]:
     """The cached dataset (rendered once from ``seed``): images uint8 ``[N, size, size, 3]``, captions, ground truth."""
-    path = work / f"data-v{DATA_VERSION}-seed{seed}-n{n}-s{size}.npz"
+    cams = data_cameras(radius_range, fov_range)
+    default = cams.radius_range == [1.5, 2.0] and cams.fov_range == [40.0, 70.0]
+    tag = "" if default else "-r{:g}-{:g}-f{:g}-{:g}".format(*cams.radius_range, *cams.fov_range)
+    path = work / f"data-v{DATA_VERSION}-seed{seed}-n{n}-s{size}{tag}.npz"
     if not path.is_file():
         print(f"rendering {n} toy images to {path} ...", flush=True)
         t0 = time.time()
         gen = torch.Generator().manual_seed(seed)
-        parts: dict[str, list] = {k: [] for k in ("images", "family", "colour", "view", "label", "azimuth", "elevation", "captions")}
+        parts: dict[str, list] = {k: [] for k in ("images", "family", "colour", "view", "label", "azimuth", "elevation", "radius", "fovy", "captions")}
         chunk = 1024
         for i in range(0, n, chunk):
-            b = sample_toy_batch(min(chunk, n - i), size=size, generator=gen, device=device, every_colour=True)
+            b = sample_toy_batch(min(chunk, n - i), size=size, generator=gen, data=cams, device=device, every_colour=True)
             parts["images"].append((b.images.permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy())
-            for k in ("family", "colour", "view", "label", "azimuth", "elevation"):
+            for k in ("family", "colour", "view", "label", "azimuth", "elevation", "radius", "fovy"):
                 parts[k].append(getattr(b, k).numpy())
             parts["captions"].append(np.array(b.captions))
             print(f"  {i + len(b.captions)}/{n} ({time.time() - t0:.0f} s)", flush=True)
@@ -285,6 +308,7 @@ def lr_at(step: int, args: argparse.Namespace) -> float:
 # ---------------------------------------------------------------------------------------- training
 def train(args: argparse.Namespace) -> None:
     work = Path(args.work)
+    data_cameras(args.radius_range, args.fov_range)  # a bad range fails before anything is written
     work.mkdir(parents=True, exist_ok=True)
     device = args.device
     ckpt = checkpoint_path(work)
@@ -296,7 +320,7 @@ def train(args: argparse.Namespace) -> None:
             raise SystemExit(f"--resume: no checkpoint at {ckpt}")
         state = torch.load(ckpt, map_location="cpu", weights_only=False)
         saved = saved_settings(state["args"])
-        for k in RUN_KEYS:
+        for k in RUN_KEYS + DATA_KEYS:
             setattr(args, k, saved[k])  # the run's own settings; --steps, --device, timings may change
         args.label_weights = saved.get("label_weights", "")
     init = None
@@ -339,7 +363,7 @@ def train(args: argparse.Namespace) -> None:
     n_text = sum(p.numel() for p in models.text.parameters())
     print(f"unet {n_unet / 1e6:.2f} M params, text encoder {n_text / 1e6:.2f} M; device {device}; step {step}", flush=True)
 
-    data = load_data(work, args.seed, args.num_images, args.size, "cpu")
+    data = load_data(work, args.seed, args.num_images, args.size, "cpu", args.radius_range, args.fov_range)
     images = torch.from_numpy(data["images"]).permute(0, 3, 1, 2).contiguous()  # uint8 [N, 3, H, W]
     captions = [str(c) for c in data["captions"]]
     ids_all = models.ids(captions, "cpu")
@@ -525,6 +549,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-images", type=int, default=16000, help="size of the rendered dataset")
     p.add_argument("--size", type=int, default=32, help="image size (UNet sample_size)")
+    p.add_argument("--radius-range", default="1.5,2.0", metavar="LO,HI",
+                   help="camera distances of the dataset (default: DataConfig's text-to-3D range; configs/toy.yaml renders at 1.5,1.6)")
+    p.add_argument("--fov-range", default="40,70", metavar="LO,HI", help="vertical fov in degrees of the dataset's cameras (configs/toy.yaml: 40,45)")
     p.add_argument("--channels", default="32,64,64", help="UNet block_out_channels")
     p.add_argument("--attn-levels", type=int, default=1, help="resolutions with cross-attention to the caption, counted from the lowest (1: the last only)")
     p.add_argument("--text-time", action="store_true", help="also add the pooled caption to the timestep embedding (global conditioning, as DeepFloyd IF)")
