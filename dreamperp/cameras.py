@@ -156,6 +156,24 @@ def _uniform(n: int, lo_hi: Sequence[float], generator: Optional[torch.Generator
     return lo + (hi - lo) * torch.rand(n, generator=generator)
 
 
+def azimuth_range_at(data: DataConfig, step: Optional[int] = None) -> tuple[float, float]:
+    """Training azimuth range ``(lo, hi)`` in degrees at optimisation ``step`` (None: ``data.azimuth_range``).
+
+    With ``data.front_first_steps = [hold, full]`` the range is ``±front_first_deg`` until ``hold``
+    and its half width grows linearly to 180° at ``full``, always clipped to ``data.azimuth_range``.
+    """
+    lo, hi = float(data.azimuth_range[0]), float(data.azimuth_range[1])
+    hold, full = (int(v) for v in data.front_first_steps)
+    if step is None or full <= 0 or step >= full:
+        return lo, hi
+    start = float(data.front_first_deg)
+    progress = 0.0 if step < hold else (step - hold) / float(max(full - hold, 1))
+    half = start + (180.0 - start) * progress
+    # Clipped to the configured range; a range that misses the front keeps its own nearest part.
+    a, b = max(lo, -half), min(hi, half)
+    return (a, b) if a <= b else (lo, hi)
+
+
 def sample_cameras(
     data: DataConfig,
     batch_size: int,
@@ -163,16 +181,18 @@ def sample_cameras(
     width: int,
     device: torch.device | str | None = None,
     generator: Optional[torch.Generator] = None,
+    step: Optional[int] = None,
 ) -> CameraBatch:
     """Random training cameras looking at the origin.
 
     Azimuth is stratified over the batch: camera i draws uniformly from the i-th of ``batch_size``
-    equal slices of ``data.azimuth_range`` (so a batch always spreads around the object); elevation,
-    radius and vertical fov are uniform in ``data.elevation_range``, ``radius_range``, ``fov_range``.
-    Draws happen on the CPU from torch's global RNG (or ``generator``), so runs are reproducible
-    across devices.
+    equal slices of the azimuth range (``data.azimuth_range``, narrowed at ``step`` by the
+    front-first schedule: :func:`azimuth_range_at`), so a batch always spreads around the object;
+    elevation, radius and vertical fov are uniform in ``data.elevation_range``, ``radius_range``,
+    ``fov_range``. Draws happen on the CPU from torch's global RNG (or ``generator``), so runs are
+    reproducible across devices.
     """
-    lo, hi = float(data.azimuth_range[0]), float(data.azimuth_range[1])
+    lo, hi = azimuth_range_at(data, step)
     strata = (torch.arange(batch_size, dtype=torch.float32) + torch.rand(batch_size, generator=generator)) / batch_size
     azimuth = lo + (hi - lo) * strata
     elevation = _uniform(batch_size, data.elevation_range, generator)

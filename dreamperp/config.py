@@ -66,6 +66,13 @@ class DataConfig:
     rays_per_step: int = opt(4096, "Multiview only: random rays per step drawn across all training images.", min=1)
     elevation_range: List[float] = opt([-10.0, 45.0], "Camera elevation range in degrees [min, max].")
     azimuth_range: List[float] = opt([-180.0, 180.0], "Camera azimuth range in degrees [min, max]; 0 is the front.")
+    front_first_steps: List[int] = opt(
+        [0, 0],
+        "Front-first views [hold, full]: training azimuths stay within +-front_first_deg of the front until step hold, "
+        "then widen linearly to azimuth_range at step full ([0, 0]: off). The front's features form while only the "
+        "front is seen; the other views are then added around them (docs/design.md section 2).",
+    )
+    front_first_deg: float = opt(30.0, "Half width in degrees of the azimuth range during the front-first steps.", gt=0, max=180)
     radius_range: List[float] = opt([1.5, 2.0], "Camera distance from the origin [min, max], in scene units.")
     fov_range: List[float] = opt([40.0, 70.0], "Vertical field of view range in degrees [min, max].")
     eval_radius: float = opt(1.75, "Camera distance for validation views, videos and renders.", gt=0)
@@ -520,6 +527,7 @@ def validate(cfg: Config, *, require_prompt: bool = True) -> None:
     d = cfg.data
     _check_range("data.elevation_range", d.elevation_range, -90, 90)
     _check_range("data.azimuth_range", d.azimuth_range, -360, 360)
+    _check_range("data.front_first_steps", d.front_first_steps, 0)
     _check_range("data.radius_range", d.radius_range, 1e-6)
     _check_range("data.fov_range", d.fov_range, 1e-3, 179)
     _check_range("render.light_distance_range", cfg.render.light_distance_range, 0)

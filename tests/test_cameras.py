@@ -9,6 +9,7 @@ import torch
 
 from dreamperp.cameras import (
     FIXED_VIEW_NAMES,
+    azimuth_range_at,
     camera_rays,
     cameras_from_c2w,
     fixed_views,
@@ -126,6 +127,33 @@ def test_sample_cameras_stratified_and_in_range():
         assert ((cams.fovy_deg >= 40) & (cams.fovy_deg <= 70)).all()
         assert torch.allclose(cams.position.norm(dim=-1), cams.radius, atol=1e-5)
     assert cams.height == 16 and cams.width == 16
+
+
+def test_front_first_range_holds_then_widens_linearly():
+    """data.front_first_steps [100, 300], ±30°: ±30 until step 100, half width 30 + 150·(s − 100)/200
+    after (105° at step 200), the full range from 300; clipped to azimuth_range; off by default."""
+    data = DataConfig(front_first_steps=[100, 300], front_first_deg=30.0)
+    assert azimuth_range_at(data, 0) == azimuth_range_at(data, 100) == (-30.0, 30.0)
+    assert azimuth_range_at(data, 200) == (-105.0, 105.0)
+    assert azimuth_range_at(data, 250) == (-142.5, 142.5)
+    assert azimuth_range_at(data, 300) == azimuth_range_at(data, 10**6) == azimuth_range_at(data, None) == (-180.0, 180.0)
+    assert azimuth_range_at(DataConfig(), 0) == (-180.0, 180.0)
+    assert azimuth_range_at(DataConfig(front_first_steps=[0, 100]), 50) == (-105.0, 105.0)  # no hold: widens from step 0
+    clipped = DataConfig(azimuth_range=[-10.0, 180.0], front_first_steps=[100, 300])
+    assert azimuth_range_at(clipped, 0) == (-10.0, 30.0)
+    away = DataConfig(azimuth_range=[90.0, 180.0], front_first_steps=[100, 300])
+    assert azimuth_range_at(away, 0) == (90.0, 180.0)  # a range without the front is left as it is
+    torch.manual_seed(0)
+    for step in (0, 99, 200):
+        az = sample_cameras(data, 4, 8, 8, step=step).azimuth_deg
+        lo, hi = azimuth_range_at(data, step)
+        assert ((az >= lo - 1e-4) & (az <= hi + 1e-4)).all()
+        assert float(az.min()) < lo + (hi - lo) / 4 + 1e-4  # still stratified: camera 0 in the first quarter
+    torch.manual_seed(1)
+    a = sample_cameras(DataConfig(), 3, 8, 8)
+    torch.manual_seed(1)
+    b = sample_cameras(data, 3, 8, 8, step=400)
+    assert torch.equal(a.c2w, b.c2w)  # past the schedule, the same draws as without it
 
 
 def test_sample_cameras_uses_global_rng_and_generator():

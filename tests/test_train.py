@@ -314,3 +314,23 @@ def test_resume_of_a_finished_run_with_a_lower_limit_changes_nothing(resume_runs
     assert main(["train", "--resume", str(run), "trainer.max_steps=1"]) == 0
     assert "nothing to do" in capsys.readouterr().err
     assert (run / "config.yaml").read_text() == before
+
+
+def test_front_first_steps_narrow_the_training_azimuths(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """data.front_first_steps reaches the training cameras: with [2, 4] and ±10°, steps 0-2 see only
+    azimuths within ±10° (4 cameras a step, stratified), step 3 within ±95°, later steps all around."""
+    cfg = load_config(TINY, small(tiny_model_dir, tmp_path, data__front_first_steps="[2,4]", data__front_first_deg=10, data__batch_size=4))
+    trainer = Trainer(cfg)
+    real_sds = trainer.prior.sds
+    seen: List[torch.Tensor] = []
+
+    def recording_sds(images, azimuth, elevation, step):
+        seen.append(azimuth.clone())
+        return real_sds(images, azimuth, elevation, step)
+
+    trainer.prior.sds = recording_sds  # type: ignore[method-assign]
+    for _ in range(3 + 8):
+        trainer.train_step()
+    assert all(float(a.abs().max()) <= 10.0 + 1e-4 for a in seen[:3])
+    assert float(seen[3].abs().max()) <= 95.0 + 1e-4
+    assert float(torch.cat(seen[4:]).abs().max()) > 95.0  # 32 stratified draws from the full circle

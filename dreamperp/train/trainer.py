@@ -167,7 +167,7 @@ class Trainer:
 
         cfg, lc = self.cfg, self.cfg.loss
         h, w = self.resolution(step)
-        cams = sample_cameras(cfg.data, cfg.data.batch_size, h, w, self.device)
+        cams = sample_cameras(cfg.data, cfg.data.batch_size, h, w, self.device, step=step)
         rays_o, rays_d = camera_rays(cams)
         shading = choose_shading(step, cfg.render)
         light = sample_light_positions(cams, cfg.render.light_distance_range) if shading != "albedo" else None
