@@ -69,8 +69,8 @@ class DataConfig:
     front_first_steps: List[int] = opt(
         [0, 0],
         "Front-first views [hold, full]: training azimuths stay within +-front_first_deg of the front until step hold, "
-        "then widen linearly to azimuth_range at step full ([0, 0]: off). The front's features form while only the "
-        "front is seen; the other views are then added around them (docs/design.md section 2).",
+        "then widen linearly to azimuth_range at step full ([0, 0]: off): a curriculum that lets a front's features "
+        "form before the other views are added (docs/design.md section 2).",
     )
     front_first_deg: float = opt(30.0, "Half width in degrees of the azimuth range during the front-first steps.", gt=0, max=180)
     radius_range: List[float] = opt([1.5, 2.0], "Camera distance from the origin [min, max], in scene units.")

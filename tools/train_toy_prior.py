@@ -16,6 +16,11 @@ are written to ``WORK/samples/``.
     python tools/train_toy_prior.py --work /work/toy-train --export assets/toy-prior   # write the EMA pipeline
     python tools/train_toy_prior.py --work /work/toy-train --evaluate   # score EMA samples with the toy classifier
 
+``--radius-range`` / ``--fov-range`` set the dataset's cameras (default: the text-to-3D range,
+radius 1.5-2.0, fov 40-70, what the shipped prior saw); SDS pulls a 3D object towards its size in
+the prior's average image, so a prior for close cameras is trained on close-ups, e.g. a fine-tune
+``--init-from assets/toy-prior --radius-range 1.5,1.6 --fov-range 40,45`` (docs/design.md section 10).
+
 The exported folder: model_index.json, unet/, text_encoder/, tokenizer/, scheduler/ (no vae/:
 the model input is the image itself, in [-1, 1] at ``unet.config.sample_size``).
 """
