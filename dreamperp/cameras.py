@@ -167,7 +167,7 @@ def azimuth_range_at(data: DataConfig, step: Optional[int] = None) -> tuple[floa
     if step is None or full <= 0 or step >= full:
         return lo, hi
     start = float(data.front_first_deg)
-    progress = 0.0 if step < hold else (step - hold) / float(max(full - hold, 1))
+    progress = 0.0 if step < hold else (step - hold) / float(full - hold)  # here hold <= step < full
     half = start + (180.0 - start) * progress
     # Clipped to the configured range; a range that misses the front keeps its own nearest part.
     a, b = max(lo, -half), min(hi, half)

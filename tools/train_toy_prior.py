@@ -62,8 +62,11 @@ SCHEDULER_CONFIG = {
 GRID_SCALES = (1.0, 3.0, 7.5, 20.0)
 #: The settings a run keeps for its whole life (restored by --resume and --init-from).
 RUN_KEYS = ("seed", "num_images", "size", "channels", "text_dim", "batch_size", "uncond_prob", "lr", "warmup", "ema_decay", "attn_levels", "text_time")
-#: What runs saved before an option existed were trained with (the camera ranges: DataConfig's defaults then).
-OPTION_DEFAULTS = {"attn_levels": 1, "text_time": False, "radius_range": "1.5,2.0", "fov_range": "40,70"}
+#: The dataset cameras before --radius-range / --fov-range existed (DataConfig's text-to-3D ranges then): the
+#: default of both options, what older runs were trained with, and the data cache names without a camera tag.
+LEGACY_CAMERAS = {"radius_range": "1.5,2.0", "fov_range": "40,70"}
+#: What runs saved before an option existed were trained with.
+OPTION_DEFAULTS = {"attn_levels": 1, "text_time": False, **LEGACY_CAMERAS}
 #: Data settings a fine-tune may change: --resume restores them, --init-from does not (a warm start on new data).
 DATA_KEYS = ("radius_range", "fov_range")
 
@@ -192,10 +195,14 @@ def data_cameras(radius_range: str, fov_range: str):
     return DataConfig(radius_range=parse_range(radius_range, "--radius-range"), fov_range=parse_range(fov_range, "--fov-range"))
 
 
-def load_data(work: Path, seed: int, n: int, size: int, device: str, radius_range: str = "1.5,2.0", fov_range: str = "40,70") -> dict[str, np.ndarray]:
+def load_data(
+    work: Path, seed: int, n: int, size: int, device: str,
+    radius_range: str = LEGACY_CAMERAS["radius_range"], fov_range: str = LEGACY_CAMERAS["fov_range"],
+) -> dict[str, np.ndarray]:
     """The cached dataset (rendered once from ``seed``): images uint8 ``[N, size, size, 3]``, captions, ground truth."""
     cams = data_cameras(radius_range, fov_range)
-    default = cams.radius_range == [1.5, 2.0] and cams.fov_range == [40.0, 70.0]
+    legacy = data_cameras(LEGACY_CAMERAS["radius_range"], LEGACY_CAMERAS["fov_range"])
+    default = cams.radius_range == legacy.radius_range and cams.fov_range == legacy.fov_range
     tag = "" if default else "-r{:g}-{:g}-f{:g}-{:g}".format(*cams.radius_range, *cams.fov_range)
     path = work / f"data-v{DATA_VERSION}-seed{seed}-n{n}-s{size}{tag}.npz"
     if not path.is_file():
@@ -554,9 +561,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-images", type=int, default=16000, help="size of the rendered dataset")
     p.add_argument("--size", type=int, default=32, help="image size (UNet sample_size)")
-    p.add_argument("--radius-range", default="1.5,2.0", metavar="LO,HI",
-                   help="camera distances of the dataset (default: DataConfig's text-to-3D range; configs/toy.yaml renders at 1.5,1.6)")
-    p.add_argument("--fov-range", default="40,70", metavar="LO,HI", help="vertical fov in degrees of the dataset's cameras (configs/toy.yaml: 40,45)")
+    p.add_argument("--radius-range", default=LEGACY_CAMERAS["radius_range"], metavar="LO,HI",
+                   help="camera distances of the dataset (default %(default)s: the text-to-3D range the shipped prior saw; configs/toy.yaml uses 1.5,1.6)")
+    p.add_argument("--fov-range", default=LEGACY_CAMERAS["fov_range"], metavar="LO,HI",
+                   help="vertical fov in degrees of the dataset's cameras (default %(default)s; configs/toy.yaml: 40,45)")
     p.add_argument("--channels", default="32,64,64", help="UNet block_out_channels")
     p.add_argument("--attn-levels", type=int, default=1, help="resolutions with cross-attention to the caption, counted from the lowest (1: the last only)")
     p.add_argument("--text-time", action="store_true", help="also add the pooled caption to the timestep embedding (global conditioning, as DeepFloyd IF)")
