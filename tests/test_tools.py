@@ -90,6 +90,25 @@ def test_toy_prior_label_weights_keep_each_caption_uniform() -> None:
             tool.caption_label_weights(bad, labels)
 
 
+def test_toy_prior_family_weights_multiply_the_label_weights() -> None:
+    """--family-weights: images of a weighted family are drawn W times as often, on top of their
+    caption's --label-weights (the product); either alone is itself; bad specs exit naming the option."""
+    import pytest
+    import torch
+
+    tool = _load_tool("train_toy_prior")
+    labels = torch.tensor([-1, 2, -1, 2, 1, 1])  # none, back, none, back, side, side
+    families = torch.tensor([0, 0, 1, 1, 2, 0])  # bird, bird, cat, cat, robot, bird
+    assert tool.sampling_weights("", "", labels, families) is None
+    assert tool.sampling_weights("", "bird=3", labels, families).tolist() == [3.0, 3.0, 1.0, 1.0, 1.0, 3.0]
+    assert tool.sampling_weights("back=4", "", labels, families).tolist() == [1.0, 4.0, 1.0, 4.0, 1.0, 1.0]
+    w = tool.sampling_weights("back=4,side=2", "bird=3, robot=0.5", labels, families)
+    assert w.tolist() == [3.0, 12.0, 1.0, 4.0, 1.0, 6.0]
+    for bad in ("bird", "dog=2", "cat=x", "robot=0"):
+        with pytest.raises(SystemExit, match="--family-weights"):
+            tool.sampling_weights("", bad, labels, families)
+
+
 def test_toy_prior_camera_ranges_draw_the_dataset_and_key_its_cache(tmp_path) -> None:
     """--radius-range / --fov-range: the rendered dataset's cameras lie in the ranges, a non-default
     range gets its own cache file (the default keeps the old name), bad specs exit naming the option."""

@@ -287,6 +287,25 @@ def save_checkpoint(work: Path, models: Models, opt, step: int, args: argparse.N
     os.replace(tmp, checkpoint_path(work))
 
 
+def _spec_weights(spec: str, values: torch.Tensor, names: tuple[str, ...], option: str, what: str) -> torch.Tensor | None:
+    """Per-image weights ``[N]`` from ``"name=W,..."``: images whose ``values`` index ``names[i]`` get W (others 1); None for ``""``."""
+    if not spec:
+        return None
+    w = torch.ones(values.shape, dtype=torch.float64)
+    for item in spec.split(","):
+        name, sep, value = item.partition("=")
+        if not sep or name.strip() not in names:
+            raise SystemExit(f"{option}: {item!r} is not {what}=WEIGHT with {what} one of {', '.join(names)}")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = -1.0
+        if not weight > 0:
+            raise SystemExit(f"{option}: {item!r}: the weight must be a positive number")
+        w[values == names.index(name.strip())] = weight
+    return w
+
+
 def caption_label_weights(spec: str, labels: torch.Tensor) -> torch.Tensor | None:
     """Per-image sampling weights ``[N]`` from ``"side=2,back=4"`` by caption suffix label (None: uniform).
 
@@ -294,23 +313,22 @@ def caption_label_weights(spec: str, labels: torch.Tensor) -> torch.Tensor | Non
     one caption the images keep equal weights, so p(image | caption), the caption bias included, is
     unchanged: only how often each caption is trained changes (the rare suffixes get more steps).
     """
-    if not spec:
-        return None
     from dreamperp.toy.captions import VIEWS
 
-    w = torch.ones(labels.shape, dtype=torch.float64)
-    for item in spec.split(","):
-        name, sep, value = item.partition("=")
-        if not sep or name.strip() not in VIEWS:
-            raise SystemExit(f"--label-weights: {item!r} is not VIEW=WEIGHT with VIEW one of {', '.join(VIEWS)}")
-        try:
-            weight = float(value)
-        except ValueError:
-            weight = -1.0
-        if not weight > 0:
-            raise SystemExit(f"--label-weights: {item!r}: the weight must be a positive number")
-        w[labels == VIEWS.index(name.strip())] = weight
-    return w
+    return _spec_weights(spec, labels, tuple(VIEWS), "--label-weights", "VIEW")
+
+
+def sampling_weights(label_spec: str, family_spec: str, labels: torch.Tensor, families: torch.Tensor) -> torch.Tensor | None:
+    """The product of the --label-weights and --family-weights image weights ``[N]`` (None: uniform draws).
+
+    A family weight changes only how often each family is trained: within a family every image
+    keeps its caption weight, so p(image | caption) is unchanged by either option.
+    """
+    lw = caption_label_weights(label_spec, labels)
+    fw = _spec_weights(family_spec, families, FAMILIES, "--family-weights", "FAMILY")
+    if lw is None or fw is None:
+        return lw if fw is None else fw
+    return lw * fw
 
 
 def lr_at(step: int, args: argparse.Namespace) -> float:
@@ -335,6 +353,7 @@ def train(args: argparse.Namespace) -> None:
         for k in RUN_KEYS + DATA_KEYS:
             setattr(args, k, saved[k])  # the run's own settings; --steps, --device, timings may change
         args.label_weights = saved.get("label_weights", "")
+        args.family_weights = saved.get("family_weights", "")
     init = None
     if args.init_from:
         # Warm start from an exported (committed) prior: its EMA weights become both the live and the
@@ -380,7 +399,7 @@ def train(args: argparse.Namespace) -> None:
     captions = [str(c) for c in data["captions"]]
     ids_all = models.ids(captions, "cpu")
     ids_empty = models.ids([""], "cpu")[0]
-    weights = caption_label_weights(args.label_weights, torch.from_numpy(data["label"]))
+    weights = sampling_weights(args.label_weights, args.family_weights, torch.from_numpy(data["label"]), torch.from_numpy(data["family"]))
     alphas = models.scheduler.alphas_cumprod.float()
     with (work / "args.json").open("w") as f:
         json.dump(vars(args), f, indent=1)
@@ -576,6 +595,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--uncond-prob", type=float, default=0.2, help="share of captions replaced by '' (classifier-free guidance)")
     p.add_argument("--label-weights", default="", metavar="VIEW=W,...",
                    help="draw images whose caption has that view suffix W times as often, e.g. side=2,back=4 (conditionals unchanged)")
+    p.add_argument("--family-weights", default="", metavar="FAMILY=W,...",
+                   help="draw images of that family W times as often, e.g. bird=3 (multiplies --label-weights; conditionals unchanged)")
     p.add_argument("--steps", type=int, default=10**9, help="stop after this many steps in total")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
