@@ -66,9 +66,9 @@ RUN_KEYS = ("seed", "num_images", "size", "channels", "text_dim", "batch_size", 
 #: default of both options, what older runs were trained with, and the data cache names without a camera tag.
 LEGACY_CAMERAS = {"radius_range": "1.5,2.0", "fov_range": "40,70"}
 #: What runs saved before an option existed were trained with.
-OPTION_DEFAULTS = {"attn_levels": 1, "text_time": False, **LEGACY_CAMERAS}
+OPTION_DEFAULTS = {"attn_levels": 1, "text_time": False, **LEGACY_CAMERAS, "label_weights": "", "family_weights": ""}
 #: Data settings a fine-tune may change: --resume restores them, --init-from does not (a warm start on new data).
-DATA_KEYS = ("radius_range", "fov_range")
+DATA_KEYS = ("radius_range", "fov_range", "label_weights", "family_weights")
 
 
 def saved_settings(saved: dict) -> dict:
@@ -326,8 +326,10 @@ def sampling_weights(label_spec: str, family_spec: str, labels: torch.Tensor, fa
     """
     lw = caption_label_weights(label_spec, labels)
     fw = _spec_weights(family_spec, families, FAMILIES, "--family-weights", "FAMILY")
-    if lw is None or fw is None:
-        return lw if fw is None else fw
+    if lw is None:
+        return fw
+    if fw is None:
+        return lw
     return lw * fw
 
 
@@ -352,8 +354,6 @@ def train(args: argparse.Namespace) -> None:
         saved = saved_settings(state["args"])
         for k in RUN_KEYS + DATA_KEYS:
             setattr(args, k, saved[k])  # the run's own settings; --steps, --device, timings may change
-        args.label_weights = saved.get("label_weights", "")
-        args.family_weights = saved.get("family_weights", "")
     init = None
     if args.init_from:
         # Warm start from an exported (committed) prior: its EMA weights become both the live and the
