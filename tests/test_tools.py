@@ -187,3 +187,50 @@ def test_bench_views_view_directions(tiny_pixel_dir: Path, tmp_path: Path, capsy
         # sqrt(1 - c^2) is concave: the mean of the shares is at most the share of the mean cosine
         assert perp <= math.sqrt(1 - c * c) + 1e-9
     assert "| 600 |" in capsys.readouterr().out
+
+
+def test_probe_sds2d_start_pictures() -> None:
+    """The probe's start pictures: 'face-off' changes only the front parts, to the body colour;
+    'disc' is white outside a body-coloured disc; 'gt' is the render itself."""
+    import torch
+
+    from dreamperp.toy import world
+
+    probe = _load_tool("probe_sds2d")
+    family, colour = world.FAMILIES.index("bird"), world.COLOUR_NAMES.index("red")
+    gt, face_off = probe.start_images(family, colour, 32, "face-off")
+    assert gt.shape == face_off.shape == (1, 3, 32, 32)
+    changed = (face_off - gt).abs().amax(1)[0] > 1e-6  # [32, 32]
+    assert 30 < int(changed.sum()) < 300  # the mask, eyes and beak: a good part of the front view, not all of it
+    body = torch.tensor(world.COLOURS["red"]) * 0.9
+    fully = (face_off[0].permute(1, 2, 0) - body).abs().amax(-1) < 1e-5
+    assert fully.sum() > 20  # pixels wholly inside the front parts are the body colour
+    white = (gt[0] > 0.75).all(0)  # the (lit) white mask and the background
+    assert int((white & changed).sum()) > 20  # the bird's white mask is painted over
+    _, disc = probe.start_images(family, colour, 32, "disc")
+    assert torch.equal(disc[0, :, 0, 0], torch.ones(3)) and torch.allclose(disc[0, :, 16, 16], 0.8 * torch.tensor(world.COLOURS["red"]))
+    gt2, same = probe.start_images(family, colour, 32, "gt")
+    assert torch.equal(gt2, same) and torch.allclose(gt2, gt)
+
+
+def test_probe_sds2d_runs_and_writes_its_strip(tiny_pixel_dir: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    out = tmp_path / "probe.png"
+    result = subprocess.run(
+        [sys.executable, "tools/probe_sds2d.py", "--model", str(tiny_pixel_dir), "--prompt", "a blue cat", "--start", "disc",
+         "--scales", "3,7.5", "--steps", "2", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| 3 |") or line.startswith("| 7.5 |")]
+    assert len(rows) == 2
+    for line in rows:
+        probs = [float(v) for v in line.strip("|").split("|")[1:]]
+        assert all(0.0 <= p <= 1.0 for p in probs)
+    tile = 3 * 16  # the tiny pixel model's 16x16, upscaled 3x
+    with Image.open(out) as img:
+        assert img.size == (50 + 4 * tile + 3 * 2, 14 + tile)
+    bad = subprocess.run([sys.executable, "tools/probe_sds2d.py", "--prompt", "a purple horse", "--model", str(tiny_pixel_dir)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1, bad.stderr
