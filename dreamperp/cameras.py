@@ -174,6 +174,19 @@ def azimuth_range_at(data: DataConfig, step: Optional[int] = None) -> tuple[floa
     return (a, b) if a <= b else (lo, hi)
 
 
+def _front_share(azimuth: Tensor, data: DataConfig, generator: Optional[torch.Generator]) -> Tensor:
+    """``azimuth [B]`` with each camera, with probability ``data.front_share``, redrawn uniformly within
+    ``±front_share_deg`` of the front (clipped to ``data.azimuth_range``; unchanged if that misses the front)."""
+    n = azimuth.shape[0]
+    pick = torch.rand(n, generator=generator) < float(data.front_share)
+    front = torch.rand(n, generator=generator)
+    half = float(data.front_share_deg)
+    a, b = max(float(data.azimuth_range[0]), -half), min(float(data.azimuth_range[1]), half)
+    if a > b:
+        return azimuth
+    return torch.where(pick, a + (b - a) * front, azimuth)
+
+
 def sample_cameras(
     data: DataConfig,
     batch_size: int,
@@ -188,6 +201,7 @@ def sample_cameras(
     Azimuth is stratified over the batch: camera i draws uniformly from the i-th of ``batch_size``
     equal slices of the azimuth range (``data.azimuth_range``, narrowed at ``step`` by the
     front-first schedule: :func:`azimuth_range_at`), so a batch always spreads around the object;
+    after the front-first steps a ``data.front_share`` of them is redrawn in the front sector;
     elevation, radius and vertical fov are uniform in ``data.elevation_range``, ``radius_range``,
     ``fov_range``. Draws happen on the CPU from torch's global RNG (or ``generator``), so runs are
     reproducible across devices.
@@ -195,6 +209,8 @@ def sample_cameras(
     lo, hi = azimuth_range_at(data, step)
     strata = (torch.arange(batch_size, dtype=torch.float32) + torch.rand(batch_size, generator=generator)) / batch_size
     azimuth = lo + (hi - lo) * strata
+    if data.front_share > 0 and (step is None or step >= int(data.front_first_steps[1])):
+        azimuth = _front_share(azimuth, data, generator)
     elevation = _uniform(batch_size, data.elevation_range, generator)
     radius = _uniform(batch_size, data.radius_range, generator)
     fovy = _uniform(batch_size, data.fov_range, generator)

@@ -73,6 +73,15 @@ class DataConfig:
         "form before the other views are added (docs/design.md section 2).",
     )
     front_first_deg: float = opt(30.0, "Half width in degrees of the azimuth range during the front-first steps.", gt=0, max=180)
+    front_share: float = opt(
+        0.0,
+        "Share of training cameras drawn within +-front_share_deg of the front instead of over azimuth_range, once "
+        "the front-first steps are over (0: off): keeps the front's features supervised while the other views "
+        "pull the object towards a rotationally symmetric one (docs/design.md section 2).",
+        min=0,
+        max=1,
+    )
+    front_share_deg: float = opt(45.0, "Half width in degrees of the front sector that front_share draws from.", gt=0, max=180)
     radius_range: List[float] = opt([1.5, 2.0], "Camera distance from the origin [min, max], in scene units.")
     fov_range: List[float] = opt([40.0, 70.0], "Vertical field of view range in degrees [min, max].")
     eval_radius: float = opt(1.75, "Camera distance for validation views, videos and renders.", gt=0)

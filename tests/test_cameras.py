@@ -129,6 +129,30 @@ def test_sample_cameras_stratified_and_in_range():
     assert cams.height == 16 and cams.width == 16
 
 
+def test_front_share_redraws_that_share_in_the_front_sector():
+    """data.front_share 0.5 at ±45° after the front-first steps: P(|a| < 45°) = 0.5 + 0.5·90/360 =
+    0.625 and P(|a| > 90°) = 0.5·0.5 = 0.25; during the front-first steps only the schedule acts; 0 is
+    the default's draw exactly; clipped to azimuth_range, and a range without the front is unchanged."""
+    n = 20000  # binomial std of a share near 0.6: sqrt(0.625·0.375/n) = 0.0034; the bounds are 5 std
+    data = DataConfig(front_first_steps=[100, 300], front_first_deg=10.0, front_share=0.5)
+    az = sample_cameras(data, n, 8, 8, generator=torch.Generator().manual_seed(0), step=300).azimuth_deg
+    assert abs(float((az.abs() < 45).float().mean()) - 0.625) < 0.017
+    assert abs(float((az.abs() > 90).float().mean()) - 0.25) < 0.016
+    during = sample_cameras(data, 1000, 8, 8, generator=torch.Generator().manual_seed(1), step=200).azimuth_deg
+    lo, hi = azimuth_range_at(data, 200)
+    assert ((during >= lo - 1e-4) & (during <= hi + 1e-4)).all()
+    assert abs(float((during.abs() < 45).float().mean()) - 90 / (hi - lo)) < 0.08  # uniform over the range: no front share yet
+    a = sample_cameras(DataConfig(), 64, 8, 8, generator=torch.Generator().manual_seed(2), step=5).azimuth_deg
+    b = sample_cameras(DataConfig(front_share=0.0), 64, 8, 8, generator=torch.Generator().manual_seed(2), step=5).azimuth_deg
+    assert torch.equal(a, b)
+    half = DataConfig(azimuth_range=[0.0, 180.0], front_share=1.0)
+    az = sample_cameras(half, 1000, 8, 8, generator=torch.Generator().manual_seed(3)).azimuth_deg
+    assert ((az >= -1e-4) & (az <= 45 + 1e-4)).all() and float(az.max()) > 40
+    away = DataConfig(azimuth_range=[90.0, 180.0], front_share=1.0)
+    az = sample_cameras(away, 1000, 8, 8, generator=torch.Generator().manual_seed(4)).azimuth_deg
+    assert ((az.abs() >= 90 - 1e-4) & (az.abs() <= 180 + 1e-4)).all()
+
+
 def test_front_first_range_holds_then_widens_linearly():
     """data.front_first_steps [100, 300], ±30°: ±30 until step 100, half width 30 + 150·(s − 100)/200
     after (105° at step 200), the full range from 300; clipped to azimuth_range; off by default."""
