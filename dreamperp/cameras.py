@@ -168,10 +168,14 @@ def azimuth_range_at(data: DataConfig, step: Optional[int] = None) -> tuple[floa
         return lo, hi
     start = float(data.front_first_deg)
     progress = 0.0 if step < hold else (step - hold) / float(full - hold)  # here hold <= step < full
-    half = start + (180.0 - start) * progress
-    # Clipped to the configured range; a range that misses the front keeps its own nearest part.
-    a, b = max(lo, -half), min(hi, half)
-    return (a, b) if a <= b else (lo, hi)
+    window = _front_window(data, start + (180.0 - start) * progress)
+    return window if window is not None else (lo, hi)  # a range that misses the front keeps its own
+
+
+def _front_window(data: DataConfig, half: float) -> Optional[tuple[float, float]]:
+    """``[−half, half]`` clipped to ``data.azimuth_range``, or None when that range misses it."""
+    a, b = max(float(data.azimuth_range[0]), -half), min(float(data.azimuth_range[1]), half)
+    return (a, b) if a <= b else None
 
 
 def _front_share(azimuth: Tensor, data: DataConfig, generator: Optional[torch.Generator]) -> Tensor:
@@ -180,10 +184,10 @@ def _front_share(azimuth: Tensor, data: DataConfig, generator: Optional[torch.Ge
     n = azimuth.shape[0]
     pick = torch.rand(n, generator=generator) < float(data.front_share)
     front = torch.rand(n, generator=generator)
-    half = float(data.front_share_deg)
-    a, b = max(float(data.azimuth_range[0]), -half), min(float(data.azimuth_range[1]), half)
-    if a > b:
+    window = _front_window(data, float(data.front_share_deg))
+    if window is None:
         return azimuth
+    a, b = window
     return torch.where(pick, a + (b - a) * front, azimuth)
 
 

@@ -44,6 +44,7 @@ from dreamperp.errors import DreamperpError  # noqa: E402
 from dreamperp.files import atomic_write_bytes  # noqa: E402
 from dreamperp.guidance.prior import load_prior  # noqa: E402
 from dreamperp.images import labeled_grid, png_bytes, to_uint8  # noqa: E402
+from dreamperp.models.loading import load_components  # noqa: E402
 from dreamperp.toy import world  # noqa: E402
 from dreamperp.toy.janus import classify_frames, parse_toy_prompt  # noqa: E402
 
@@ -121,11 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         classifier = ToyClassifier.load(args.classifier or toy_asset_path("toy-classifier"))
         overrides = list(args.overrides) + ([f"guidance.model={args.model}"] if args.model else [])
         cfg = load_config(args.config, [f"prompt={args.prompt}"] + overrides)
+        components = load_components(cfg.guidance.model, "cpu", cfg.guidance.dtype)  # once for every scale
         results = []
         gt = start = None
         for scale in args.scales:
             cfg.guidance.scale = scale
-            prior = load_prior(cfg.guidance, cfg.prompt, cfg.negative_prompt, "cpu")
+            prior = load_prior(cfg.guidance, cfg.prompt, cfg.negative_prompt, "cpu", components)
             if gt is None:
                 gt, start = start_images(family, colour, prior.resolution, args.start)
             results.append(optimise(prior, start, args.steps, args.lr, args.seed))
