@@ -57,8 +57,10 @@ _SHAPES: dict[str, list[_Part]] = {
     "bird": [
         ("body", "ellipsoid", (0.0, 0.0, -0.08), (0.36, 0.31, 0.31), (0, 0), "body"),
         ("body", "ellipsoid", (0.20, 0.0, 0.20), (0.23, 0.23, 0.22), (0, 0), "body"),
-        # A big white mask over most of the face, big black eyes on it and a big orange beak.
-        ("face", "ellipsoid", (0.36, 0.0, 0.21), (0.08, 0.20, 0.18), (0, 0), _WHITE),
+        # A big cyan mask over most of the face, big black eyes on it and a big orange beak. Not
+        # white: SDS draws a white mask as a see-through hole onto the white background, which the
+        # other views then fill (docs/design.md §10).
+        ("face", "ellipsoid", (0.36, 0.0, 0.21), (0.08, 0.20, 0.18), (0, 0), _CYAN),
         ("eye", "ellipsoid", (0.43, 0.085, 0.26), (0.03, 0.06, 0.07), (0, 0), _BLACK),
         ("eye", "ellipsoid", (0.43, -0.085, 0.26), (0.03, 0.06, 0.07), (0, 0), _BLACK),
         ("front", "ellipsoid", (0.50, 0.0, 0.14), (0.15, 0.075, 0.065), (-10, 0), _ORANGE),
@@ -73,8 +75,9 @@ _SHAPES: dict[str, list[_Part]] = {
         ("side", "ellipsoid", (-0.02, -0.23, 0.36), (0.07, 0.11, 0.17), (0, 0), "body"),
         ("front", "ellipsoid", (0.04, 0.23, 0.35), (0.04, 0.075, 0.12), (0, 0), _PINK),
         ("front", "ellipsoid", (0.04, -0.23, 0.35), (0.04, 0.075, 0.12), (0, 0), _PINK),
-        # A big white muzzle and cheeks, big black eyes, a pink nose; the back of the head is plain.
-        ("face", "ellipsoid", (0.35, 0.0, -0.10), (0.16, 0.26, 0.17), (0, 0), _WHITE),
+        # A big cyan muzzle and cheeks (not white, as the bird's mask), big black eyes, a pink nose;
+        # the back of the head is plain.
+        ("face", "ellipsoid", (0.35, 0.0, -0.10), (0.16, 0.26, 0.17), (0, 0), _CYAN),
         ("eye", "ellipsoid", (0.36, 0.15, 0.10), (0.05, 0.075, 0.085), (0, 0), _BLACK),
         ("eye", "ellipsoid", (0.36, -0.15, 0.10), (0.05, 0.075, 0.085), (0, 0), _BLACK),
         ("front", "ellipsoid", (0.50, 0.0, -0.03), (0.04, 0.065, 0.045), (0, 0), _PINK),
