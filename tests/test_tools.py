@@ -120,7 +120,8 @@ def test_toy_prior_camera_ranges_draw_the_dataset_and_key_its_cache(tmp_path) ->
     assert ((close["radius"] >= 1.5) & (close["radius"] <= 1.6)).all() and ((close["fovy"] >= 40) & (close["fovy"] <= 45)).all()
     default = tool.load_data(tmp_path, 0, 32, 16, "cpu")  # 8 poses (each in 4 colours) from [1.5, 2.0] and [40, 70]
     assert (default["radius"] > 1.6).any() and (default["fovy"] > 45).any()
-    assert sorted(f.name for f in tmp_path.glob("*.npz")) == ["data-v2-seed0-n32-s16.npz", "data-v2-seed0-n8-s16-r1.5-1.6-f40-45.npz"]
+    v = tool.DATA_VERSION
+    assert sorted(f.name for f in tmp_path.glob("*.npz")) == [f"data-v{v}-seed0-n32-s16.npz", f"data-v{v}-seed0-n8-s16-r1.5-1.6-f40-45.npz"]
     for bad in ("1.5", "2,1", "0,1", "a,b"):
         with pytest.raises(SystemExit, match="--radius-range"):
             tool.data_cameras(bad, "40,70")
