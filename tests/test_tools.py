@@ -127,6 +127,36 @@ def test_toy_prior_camera_ranges_draw_the_dataset_and_key_its_cache(tmp_path) ->
             tool.data_cameras(bad, "40,70")
 
 
+def test_toy_prior_evaluate_scores_an_exported_prior_as_its_checkpoint(tmp_path: Path) -> None:
+    """--evaluate --model DIR scores an exported prior (the shipped one has no work folder) exactly as
+    --evaluate scores the work checkpoint it was exported from: the same EMA weights, the same samples."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    tool = _load_tool("train_toy_prior")
+    work, prior = tmp_path / "work", tmp_path / "prior"
+    tiny = ["--num-images", "8", "--channels", "32,32,32", "--batch-size", "4", "--warmup", "1", "--threads", "1"]
+    assert tool.main(["--work", str(work), "--steps", "2", *tiny]) in (0, None)
+    assert tool.main(["--work", str(work), "--export", str(prior)]) in (0, None)
+    scored = {}
+    for name, out, extra in (("ckpt", work, []), ("model", tmp_path / "eval", ["--model", str(prior)])):
+        assert tool.main(["--work", str(out), "--evaluate", "--eval-samples", "1", "--threads", "1", *extra]) in (0, None)
+        result = json.loads((out / "eval" / "step-0000002-scale7.5.json").read_text())
+        grid = np.asarray(Image.open(out / "eval" / "step-0000002-scale7.5.png"), dtype=np.float64)
+        scored[name] = (result, grid)
+    (a, grid_a), (b, grid_b) = scored["ckpt"], scored["model"]
+    assert a["step"] == b["step"] == 2 and a["samples_per_prompt"] == b["samples_per_prompt"] == 1
+    assert grid_a.shape == grid_b.shape and grid_a.shape[1] == 12 * grid_a.shape[0]  # one sample of each of 12 prompts
+    # Same weights, noise and shapes; safetensors round-trips fp32 exactly, so only uint8 rounding of
+    # equal floats could differ: allow one grey level.
+    assert np.abs(grid_a - grid_b).max() <= 1
+    assert set(a["per_prompt"]) == set(b["per_prompt"]) and len(a["per_prompt"]) == 12
+    with __import__("pytest").raises(SystemExit, match="--model"):
+        tool.main(["--work", str(tmp_path / "x"), "--evaluate", "--model", str(tmp_path)])
+
+
 def test_toy_prior_attn_levels_place_cross_attention_from_the_lowest_resolution() -> None:
     import pytest
 

@@ -15,6 +15,7 @@ are written to ``WORK/samples/``.
     python tools/train_toy_prior.py --work /work/toy-train --resume     # continue after a stop
     python tools/train_toy_prior.py --work /work/toy-train --export assets/toy-prior   # write the EMA pipeline
     python tools/train_toy_prior.py --work /work/toy-train --evaluate   # score EMA samples with the toy classifier
+    python tools/train_toy_prior.py --work /tmp/eval --evaluate --model assets/toy-prior   # the same for an exported prior
 
 ``--radius-range`` / ``--fov-range`` set the dataset's cameras (default: the text-to-3D range,
 radius 1.5-2.0, fov 40-70, what the shipped prior saw); SDS pulls a 3D object towards its size in
@@ -174,6 +175,28 @@ class Models:
         for ema, live in ((self.ema_unet, self.unet), (self.ema_text, self.text)):
             for pe, p in zip(ema.parameters(), live.parameters()):
                 pe.lerp_(p, 1.0 - decay)
+
+
+def exported_meta(src: Path, option: str) -> dict:
+    """The metadata (``dreamperp_toy_prior.json``) of an exported prior folder; SystemExit naming ``option`` if it is not one."""
+    meta_path = src / "dreamperp_toy_prior.json"
+    if not meta_path.is_file():
+        raise SystemExit(f"{option}: {src} is not an exported toy prior (no {meta_path.name})")
+    return json.loads(meta_path.read_text(encoding="utf-8"))
+
+
+def load_exported(models: Models, src: Path, live: bool) -> None:
+    """Load an exported prior's weights into the EMA models (and the live ones with ``live``)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    unet_sd = UNet2DConditionModel.from_pretrained(src / "unet").state_dict()
+    text_sd = CLIPTextModel.from_pretrained(src / "text_encoder").state_dict()
+    pairs = [(models.ema_unet, unet_sd), (models.ema_text, text_sd)]
+    if live:
+        pairs += [(models.unet, unet_sd), (models.text, text_sd)]
+    for model, sd in pairs:
+        model.load_state_dict(sd)
 
 
 # -------------------------------------------------------------------------------------------- data
@@ -362,23 +385,14 @@ def train(args: argparse.Namespace) -> None:
         if args.resume:
             raise SystemExit("--init-from starts a new work folder from an exported prior; it cannot be combined with --resume")
         src = Path(args.init_from)
-        meta_path = src / "dreamperp_toy_prior.json"
-        if not meta_path.is_file():
-            raise SystemExit(f"--init-from: {src} is not an exported toy prior (no {meta_path.name})")
-        init = json.loads(meta_path.read_text(encoding="utf-8"))
+        init = exported_meta(src, "--init-from")
         init_args = saved_settings(init["train_args"])
         for k in RUN_KEYS:
             setattr(args, k, init_args[k])
     torch.manual_seed(args.seed)
     models = Models(args, work)
     if init is not None:
-        from diffusers import UNet2DConditionModel
-        from transformers import CLIPTextModel
-
-        unet_sd = UNet2DConditionModel.from_pretrained(src / "unet").state_dict()
-        text_sd = CLIPTextModel.from_pretrained(src / "text_encoder").state_dict()
-        for model, sd in ((models.unet, unet_sd), (models.ema_unet, unet_sd), (models.text, text_sd), (models.ema_text, text_sd)):
-            model.load_state_dict(sd)
+        load_exported(models, src, live=True)
     if state is not None:
         models.unet.load_state_dict(state["unet"])
         models.text.load_state_dict(state["text"])
@@ -538,15 +552,21 @@ def evaluate(args: argparse.Namespace) -> None:
     from dreamperp.toy.classifier import ToyClassifier
 
     work = Path(args.work)
-    ckpt = checkpoint_path(work)
-    if not ckpt.is_file():
-        raise SystemExit(f"--evaluate: no checkpoint at {ckpt} (train first)")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
     device = args.device
-    saved = argparse.Namespace(**{**saved_settings(state["args"]), "device": device})
-    models = Models(saved, work)
-    models.ema_unet.load_state_dict(state["ema_unet"])
-    models.ema_text.load_state_dict(state["ema_text"])
+    if args.model:  # an exported prior, e.g. the shipped assets/toy-prior: no work folder needed
+        meta = exported_meta(Path(args.model), "--model")
+        models = Models(argparse.Namespace(**saved_settings(meta["train_args"])), work)
+        load_exported(models, Path(args.model), live=False)
+        step = int(meta["step"])
+    else:
+        ckpt = checkpoint_path(work)
+        if not ckpt.is_file():
+            raise SystemExit(f"--evaluate: no checkpoint at {ckpt} (train first, or pass --model DIR)")
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        models = Models(argparse.Namespace(**saved_settings(state["args"])), work)
+        models.ema_unet.load_state_dict(state["ema_unet"])
+        models.ema_text.load_state_dict(state["ema_text"])
+        step = int(state["step"])
     models.to(device)
     classifier = ToyClassifier.load(toy_asset_path("toy-classifier"), device)
     prompts = grid_prompts()
@@ -559,12 +579,12 @@ def evaluate(args: argparse.Namespace) -> None:
     ok = (pred["family"].cpu() == fam) & (pred["colour"].cpu() == col)
     views = {v: float((pred["view"].cpu() == i).float().mean()) for i, v in enumerate(VIEWS)}
     per_prompt = {p: float(ok.view(n, -1)[:, j].float().mean()) for j, p in enumerate(prompts)}
-    result = {"step": int(state["step"]), "scale": args.eval_scale, "samples_per_prompt": n, "ddim_steps": 50,
+    result = {"step": step, "scale": args.eval_scale, "samples_per_prompt": n, "ddim_steps": 50,
               "right_family_and_colour": float(ok.float().mean()), "per_prompt": per_prompt, "views": views, "seconds": time.time() - t0}
     out = work / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"step-{state['step']:07d}-scale{args.eval_scale:g}.json").write_text(json.dumps(result, indent=2) + "\n")
-    save_grid(samples.view(n, len(prompts), *samples.shape[1:]), out / f"step-{state['step']:07d}-scale{args.eval_scale:g}.png")
+    (out / f"step-{step:07d}-scale{args.eval_scale:g}.json").write_text(json.dumps(result, indent=2) + "\n")
+    save_grid(samples.view(n, len(prompts), *samples.shape[1:]), out / f"step-{step:07d}-scale{args.eval_scale:g}.png")
     print(json.dumps({k: v for k, v in result.items() if k != "per_prompt"}))
 
 
@@ -575,6 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init-from", metavar="DIR", help="start WORK from an exported prior (e.g. assets/toy-prior): continue its training in a new session")
     p.add_argument("--export", metavar="DIR", help="write the EMA pipeline folder of WORK's checkpoint to DIR and exit")
     p.add_argument("--evaluate", action="store_true", help="sample every colour x family from WORK's EMA, score with assets/toy-classifier, exit")
+    p.add_argument("--model", metavar="DIR", help="--evaluate: score this exported prior (e.g. assets/toy-prior) instead of WORK's checkpoint")
     p.add_argument("--eval-samples", type=int, default=8, help="--evaluate: samples per prompt")
     p.add_argument("--eval-scale", type=float, default=7.5, help="--evaluate: classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=0)
