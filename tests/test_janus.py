@@ -61,8 +61,11 @@ def test_ground_truth_probabilities_score_one_and_no_janus() -> None:
     tv = true_views()
     s = score_turntable(AZ36, one_hot_views(tv), torch.zeros(36), torch.full((36,), 2), family=0, colour=2)
     assert s.frames == 36 and s.view_consistency == 1.0
-    assert not s.janus and s.front_arcs == 1 and s.back_front_frames == 0
+    assert not s.janus and s.front_arcs == 1 and s.back_front_frames == 0 and s.one_face
     assert s.identity == s.family_share == s.colour_share == 1.0
+    # No frame seen as a front: no Janus, but no face either.
+    s = score_turntable(AZ36, one_hot_views(torch.full((36,), BACK)), torch.zeros(36), torch.zeros(36), 0, 0)
+    assert not s.janus and s.front_arcs == 0 and not s.one_face
 
 
 def test_a_face_behind_is_janus() -> None:
@@ -70,7 +73,7 @@ def test_a_face_behind_is_janus() -> None:
     views = tv.clone()
     views[(AZ36 >= 170) & (AZ36 <= 190)] = FRONT  # three back frames look like fronts
     s = score_turntable(AZ36, one_hot_views(views), torch.zeros(36), torch.zeros(36), 0, 0)
-    assert s.janus and s.back_front_frames == 3 and s.front_arcs == 2
+    assert s.janus and s.back_front_frames == 3 and s.front_arcs == 2 and not s.one_face
     assert s.view_consistency == pytest.approx(33 / 36)
 
 
@@ -96,7 +99,7 @@ def test_back_frame_front_probability_threshold_and_second_arc() -> None:
 def test_one_front_arc_reaching_the_back_is_janus_by_the_back_rule() -> None:
     # Every frame "front": one arc, but the back frames are fronts with p > 0.5.
     s = score_turntable(AZ36, one_hot_views(torch.zeros(36, dtype=torch.long)), torch.zeros(36), torch.zeros(36), 0, 0)
-    assert s.front_arcs == 1 and s.back_front_frames == 9 and s.janus
+    assert s.front_arcs == 1 and s.back_front_frames == 9 and s.janus and not s.one_face  # one arc, but seen from behind
     # The face only behind (an object turned round): one arc, in the back sector.
     views = torch.where(true_views() == BACK, FRONT, torch.where(true_views() == FRONT, BACK, SIDE))
     s = score_turntable(AZ36, one_hot_views(views), torch.zeros(36), torch.zeros(36), 0, 0)
@@ -230,6 +233,8 @@ def test_bench_plan_resume_table_and_contact_sheet(tmp_path: Path, capsys: pytes
     for r in runs:
         janus = r["key"] == "plain-bird-red-s0"
         res = fake_result(tool, r["key"], r["group"], r["seed"], janus, 0.5 if janus else 0.75, {c: 9 for c in COLOUR_NAMES})
+        if r["key"] == "perpneg-ts-cat-yellow-s1":
+            res["front_arcs"] = 0  # no front seen: neither Janus nor one face
         (out / "results").mkdir(parents=True, exist_ok=True)
         (out / "results" / f"{r['key']}.json").write_text(json.dumps(res))
         (out / "frames").mkdir(exist_ok=True)
@@ -246,6 +251,7 @@ def test_bench_plan_resume_table_and_contact_sheet(tmp_path: Path, capsys: pytes
     summary = json.loads((out / "janus.json").read_text())
     rows = {r["group"]: r for r in summary["table"]}
     assert rows["plain"]["janus_rate"] == 0.25 and rows["perpneg-ts"]["janus_rate"] == 0.0
+    assert rows["plain"]["one_face_runs"] == 3 and rows["perpneg-ts"]["one_face_runs"] == 3
     assert rows["plain"]["view_consistency_mean"] == pytest.approx(0.6875)
     assert rows["plain"]["view_consistency_std"] == pytest.approx(np.std([0.5, 0.75, 0.75, 0.75], ddof=1))
     assert (out / "janus.csv").read_text().splitlines()[0].startswith("group,runs,janus_runs,janus_rate")

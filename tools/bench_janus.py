@@ -9,7 +9,9 @@ the toy classifier (``dreamperp.export.janus``). Per run, the metrics of ``dream
 - view consistency: the share of frames whose predicted view is the true view of the azimuth;
 - Janus: a back-sector frame (|a| > 135°) seen as "front" with p > 0.5, or the predicted-front
   frames forming more than one contiguous arc of the circle;
-- identity: the share of frames classified as the prompted family and colour.
+- identity: the share of frames classified as the prompted family and colour;
+- one face: not Janus, and the predicted-front frames form exactly one arc (a face formed, seen
+  only from the front).
 
 Methods (config overrides):
 
@@ -70,6 +72,7 @@ from dreamperp.batch import cpu_count, thread_env  # noqa: E402
 from dreamperp.errors import DreamperpError, UsageError  # noqa: E402
 from dreamperp.files import atomic_write_bytes, atomic_write_text  # noqa: E402
 from dreamperp.images import png_bytes, to_uint8  # noqa: E402
+from dreamperp.toy.janus import is_one_face  # noqa: E402
 from dreamperp.toy.world import COLOUR_NAMES, FAMILIES  # noqa: E402
 
 #: method → (label, config overrides). Perp-Neg takes precedence over view_dependent in the prior.
@@ -241,6 +244,7 @@ def summarise(results: List[Dict[str, Any]], groups: Sequence[str], sega_target:
         id_m, id_s = _mean_std([r["identity"] for r in rs])
         row = dict(
             group=g, runs=len(rs), janus_runs=sum(bool(r["janus"]) for r in rs), janus_rate=sum(bool(r["janus"]) for r in rs) / len(rs),
+            one_face_runs=sum(is_one_face(bool(r["janus"]), int(r["front_arcs"])) for r in rs),
             view_consistency_mean=vc_m, view_consistency_std=vc_s, identity_mean=id_m, identity_std=id_s,
             family_share_mean=_mean_std([r["family_share"] for r in rs])[0],
         )
@@ -264,11 +268,12 @@ def format_table(rows: List[Dict[str, Any]], labels: Dict[str, str], sega: bool)
                 f"{r['prompt_colour_share_mean']:>13.1%}  {r['family_share_mean']:>11.1%}\n"
             )
     else:
-        out.write(f"{'method':<30} {'runs':>4}  {'Janus rate':>12}  {'view consistency':>16}  {'identity':>8}\n")
+        out.write(f"{'method':<30} {'runs':>4}  {'Janus rate':>12}  {'one face':>8}  {'view consistency':>16}  {'identity':>8}\n")
         for r in rows:
             jr = f"{r['janus_runs']}/{r['runs']} {r['janus_rate']:.0%}"
+            of = f"{r['one_face_runs']}/{r['runs']}"
             out.write(
-                f"{labels[r['group']]:<30} {r['runs']:>4}  {jr:>12}  {r['view_consistency_mean']:>9.2f} ± {r['view_consistency_std']:.2f}  "
+                f"{labels[r['group']]:<30} {r['runs']:>4}  {jr:>12}  {of:>8}  {r['view_consistency_mean']:>9.2f} ± {r['view_consistency_std']:.2f}  "
                 f"{r['identity_mean']:>8.1%}\n"
             )
     return out.getvalue()

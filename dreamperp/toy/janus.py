@@ -11,7 +11,9 @@ each classified by :class:`~dreamperp.toy.classifier.ToyClassifier` into view pr
 * **Janus**: any frame in the back sector (|a| > 135°) has p(front) > 0.5, or the frames predicted
   "front" form more than one contiguous arc on the circle (frames sorted by azimuth, the last one
   adjacent to the first: an arc across ±180° is one arc);
-* **identity**: the share of frames predicted as the prompted family *and* colour.
+* **identity**: the share of frames predicted as the prompted family *and* colour;
+* **one face**: not Janus and exactly one front arc: a face was formed, and is seen from the front
+  only (a run with no frame predicted "front" has no face, and is not Janus either).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class TurntableScore:
     identity: float  # share predicted as the prompted family and colour
     family_share: float  # share predicted as the prompted family (any colour)
     colour_share: float  # share predicted as the prompted colour (any family)
+    one_face: bool  # not Janus, and the front frames form exactly one arc
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -74,6 +77,11 @@ def _index(x: Tensor | Any, name: str, n: int) -> Tensor:
     if x.shape != (n,):
         raise ValueError(f"{name}: expected {n} predictions (indices [N] or scores [N, K]), got shape {tuple(x.shape)}")
     return x.long()
+
+
+def is_one_face(janus: bool, front_arcs: int) -> bool:
+    """A face that formed and shows only at the front: no Janus, one arc of predicted-front frames."""
+    return not janus and front_arcs == 1
 
 
 def front_arcs(azimuth_deg: Tensor, is_front: Tensor) -> int:
@@ -122,15 +130,17 @@ def score_turntable(
     back_front = int(((az.abs() > BACK_SECTOR_DEG) & (probs[:, FRONT] > JANUS_FRONT_PROB)).sum())
     arcs = front_arcs(az, pred_view == FRONT)
     fam_ok, col_ok = fam == int(family), col == int(colour)
+    janus = back_front > 0 or arcs > 1
     return TurntableScore(
         frames=n,
         view_consistency=float((pred_view == true_view).double().mean()),
-        janus=back_front > 0 or arcs > 1,
+        janus=janus,
         back_front_frames=back_front,
         front_arcs=arcs,
         identity=float((fam_ok & col_ok).double().mean()),
         family_share=float(fam_ok.double().mean()),
         colour_share=float(col_ok.double().mean()),
+        one_face=is_one_face(janus, arcs),
     )
 
 
