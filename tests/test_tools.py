@@ -130,6 +130,16 @@ def test_toy_prior_camera_ranges_draw_the_dataset_and_key_its_cache(tmp_path) ->
 def test_toy_prior_evaluate_scores_an_exported_prior_as_its_checkpoint(tmp_path: Path) -> None:
     """--evaluate --model DIR scores an exported prior (the shipped one has no work folder) exactly as
     --evaluate scores the work checkpoint it was exported from: the same EMA weights, the same samples."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:  # the tool sets torch's process-wide thread count (--threads); later tests compare bits with subprocesses
+        _evaluate_exported_prior(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _evaluate_exported_prior(tmp_path: Path) -> None:
     import json
 
     import numpy as np
