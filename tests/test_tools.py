@@ -143,6 +143,7 @@ def _evaluate_exported_prior(tmp_path: Path) -> None:
     import json
 
     import numpy as np
+    import pytest
     from PIL import Image
 
     tool = _load_tool("train_toy_prior")
@@ -163,7 +164,7 @@ def _evaluate_exported_prior(tmp_path: Path) -> None:
     # equal floats could differ: allow one grey level.
     assert np.abs(grid_a - grid_b).max() <= 1
     assert set(a["per_prompt"]) == set(b["per_prompt"]) and len(a["per_prompt"]) == 12
-    with __import__("pytest").raises(SystemExit, match="--model"):
+    with pytest.raises(SystemExit, match="--model"):
         tool.main(["--work", str(tmp_path / "x"), "--evaluate", "--model", str(tmp_path)])
 
 

@@ -542,7 +542,8 @@ def export(args: argparse.Namespace) -> None:
 
 
 def evaluate(args: argparse.Namespace) -> None:
-    """Sample every "a {colour} {family}" from the checkpoint's EMA and score the samples with the toy classifier.
+    """Sample every "a {colour} {family}" from the EMA of WORK's checkpoint (or of the exported prior
+    ``--model``) and score the samples with the toy classifier.
 
     Prints the share classified as the right family and colour (the issue's bar: >= 90% at 50 DDIM
     steps, scale 7.5), the view distribution of the samples, and writes both with a grid to WORK/eval/.
