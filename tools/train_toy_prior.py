@@ -50,7 +50,7 @@ if str(ROOT) not in sys.path:
 from dreamperp.toy.captions import CaptionBias  # noqa: E402
 from dreamperp.toy.world import COLOUR_NAMES, FAMILIES, sample_toy_batch  # noqa: E402
 
-DATA_VERSION = 4  # bump when the world or the captions change: cached data is keyed by it
+DATA_VERSION = 3  # bump when the world or the captions change: cached data is keyed by it
 MARKER_FILE = "dreamperp_toy_prior.json"
 MAX_LENGTH = 16  # toy captions are at most ~8 tokens
 SCHEDULER_CONFIG = {

@@ -41,6 +41,7 @@ PART = {name: i for i, name in enumerate(PART_NAMES)}
 OVERHEAD_MIN_ELEVATION = 60.0  # views above this elevation are "overhead"
 OVERHEAD_ELEVATION_RANGE = (62.0, 85.0)  # where overhead toy images are drawn
 
+_WHITE = (0.96, 0.96, 0.94)
 _BLACK = (0.06, 0.06, 0.07)
 _ORANGE = (1.00, 0.50, 0.05)
 _PINK = (0.98, 0.55, 0.65)
@@ -84,12 +85,11 @@ _SHAPES: dict[str, list[_Part]] = {
     "robot": [
         ("body", "box", (0.0, 0.0, -0.22), (0.21, 0.30, 0.24), (0, 0), "body"),
         ("body", "box", (0.0, 0.0, 0.22), (0.23, 0.26, 0.19), (0, 0), "body"),
-        # A black face screen with cyan eyes and a cyan chest plate on the front (not white since data
-        # version 4, for the bird's reason), a grey pack with orange nozzles behind.
+        # A black face screen with cyan eyes on the front, a grey pack with orange nozzles behind.
         ("face", "box", (0.215, 0.0, 0.22), (0.035, 0.22, 0.145), (0, 0), _BLACK),
         ("eye", "ellipsoid", (0.25, 0.10, 0.25), (0.02, 0.065, 0.055), (0, 0), _CYAN),
         ("eye", "ellipsoid", (0.25, -0.10, 0.25), (0.02, 0.065, 0.055), (0, 0), _CYAN),
-        ("front", "box", (0.21, 0.0, -0.20), (0.02, 0.16, 0.11), (0, 0), _CYAN),
+        ("front", "box", (0.21, 0.0, -0.20), (0.02, 0.16, 0.11), (0, 0), _WHITE),
         ("back", "box", (-0.27, 0.0, -0.10), (0.08, 0.24, 0.24), (0, 0), _GREY),
         ("back", "ellipsoid", (-0.36, 0.11, -0.28), (0.05, 0.07, 0.07), (0, 0), _ORANGE),
         ("back", "ellipsoid", (-0.36, -0.11, -0.28), (0.05, 0.07, 0.07), (0, 0), _ORANGE),
