@@ -242,8 +242,9 @@ def summarise(results: List[Dict[str, Any]], groups: Sequence[str], sega_target:
             continue
         vc_m, vc_s = _mean_std([r["view_consistency"] for r in rs])
         id_m, id_s = _mean_std([r["identity"] for r in rs])
+        janus_runs = sum(bool(r["janus"]) for r in rs)
         row = dict(
-            group=g, runs=len(rs), janus_runs=sum(bool(r["janus"]) for r in rs), janus_rate=sum(bool(r["janus"]) for r in rs) / len(rs),
+            group=g, runs=len(rs), janus_runs=janus_runs, janus_rate=janus_runs / len(rs),
             one_face_runs=sum(is_one_face(bool(r["janus"]), int(r["front_arcs"])) for r in rs),
             view_consistency_mean=vc_m, view_consistency_std=vc_s, identity_mean=id_m, identity_std=id_s,
             family_share_mean=_mean_std([r["family_share"] for r in rs])[0],
