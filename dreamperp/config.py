@@ -461,6 +461,31 @@ def _check_sections(node: dict, cls: type, origin: str, prefix: str = "") -> Non
         _check_sections(value, type(default), origin, f"{prefix}{f.name}.")
 
 
+#: Top-level key of a config file naming the file it extends (docs/design.md §12): not a Config field.
+BASE_KEY = "base"
+
+
+def _config_chain(path: Path) -> List[Path]:
+    """``path`` and the files it extends through ``base:``, the root first (each file's keys then
+    override its base's). ``base`` is a file name relative to the folder of the file that names it."""
+    chain: List[Path] = []
+    current = path
+    while True:
+        if current.resolve() in [c.resolve() for c in chain]:
+            names = " -> ".join(f"'{c}'" for c in chain + [current])
+            raise UsageError(f"config files extend each other in a loop: {names}; remove one 'base:' line")
+        chain.append(current)
+        base = _load_yaml_mapping(current).get(BASE_KEY)
+        if base is None:
+            return chain[::-1]
+        if not isinstance(base, str) or not base.strip():
+            raise ConfigError(BASE_KEY, f"must be the file name of the config that '{current}' extends, e.g. base: toy.yaml, not {base!r}")
+        parent = current.parent / base
+        if not parent.is_file():
+            raise UsageError(f"config file '{current}' extends '{parent}' (base: {base}), which does not exist")
+        current = parent
+
+
 def load_config(path: Optional[str | Path], overrides: Sequence[str] = (), *, require_prompt: bool = True) -> Config:
     """Schema ⊕ YAML file ⊕ ``key=value`` overrides, validated. Raises :class:`ConfigError`."""
     merged: Any = OmegaConf.structured(Config)
@@ -470,12 +495,14 @@ def load_config(path: Optional[str | Path], overrides: Sequence[str] = (), *, re
             raise UsageError(f"config file '{p}' is a folder: pass a YAML file (e.g. configs/tiny.yaml)")
         if not p.is_file():
             raise UsageError(f"config file '{p}' does not exist (try configs/tiny.yaml)")
-        file_cfg = _load_yaml_mapping(p)
-        _check_sections(OmegaConf.to_container(file_cfg, resolve=False), Config, f"'{p}'")  # type: ignore[arg-type]
-        try:
-            merged = OmegaConf.merge(merged, file_cfg)
-        except OmegaConfBaseException as err:
-            raise _wrap_omegaconf_error(err, f"'{p}'") from None
+        for layer in _config_chain(p):
+            file_cfg = _load_yaml_mapping(layer)
+            file_cfg.pop(BASE_KEY, None)
+            _check_sections(OmegaConf.to_container(file_cfg, resolve=False), Config, f"'{layer}'")  # type: ignore[arg-type]
+            try:
+                merged = OmegaConf.merge(merged, file_cfg)
+            except OmegaConfBaseException as err:
+                raise _wrap_omegaconf_error(err, f"'{layer}'") from None
     merged = _apply_overrides(merged, overrides)
     try:
         cfg: Config = OmegaConf.to_object(merged)  # type: ignore[assignment]

@@ -137,6 +137,36 @@ def test_override_addresses_list_items(tmp_path):
         load_config(path, ["guidance.sega.concepts.0.tresh=0.5"])
 
 
+def test_base_file_is_extended_key_by_key(tmp_path):
+    """``base:`` names a file relative to the extending one; the extending file's keys win, lists are
+    replaced whole, keys it does not name keep the base's values, and overrides apply last."""
+    (tmp_path / "root.yaml").write_text("prompt: root\nseed: 1\ntrainer:\n  max_steps: 10\n  lr_grid: 0.5\ndata:\n  fov_range: [40, 45]\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "mid.yaml").write_text("base: ../root.yaml\nseed: 2\ntrainer:\n  max_steps: 20\n")
+    (tmp_path / "sub" / "leaf.yaml").write_text("base: mid.yaml\nprompt: leaf\ndata:\n  fov_range: [50, 60]\n")
+    cfg = load_config(tmp_path / "sub" / "leaf.yaml", ["trainer.lr_grid=0.25"])
+    assert (cfg.prompt, cfg.seed, cfg.trainer.max_steps, cfg.trainer.lr_grid) == ("leaf", 2, 20, 0.25)
+    assert cfg.data.fov_range == [50.0, 60.0]
+    assert "\nbase:" not in "\n" + to_yaml(cfg)  # the run's config.yaml is the resolved config, whole
+
+
+def test_bad_base_files(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\nprompt: x\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(UsageError, match="extend each other in a loop"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("base: missing.yaml\nprompt: x\n")
+    with pytest.raises(UsageError, match=r"extends '.*missing.yaml' \(base: missing.yaml\), which does not exist"):
+        load_config(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("base: [a.yaml]\nprompt: x\n")
+    with pytest.raises(ConfigError, match="config key 'base': must be the file name"):
+        load_config(tmp_path / "d.yaml")
+    (tmp_path / "e.yaml").write_text("base: f.yaml\nprompt: x\n")
+    (tmp_path / "f.yaml").write_text("trainer:\n  max_stepz: 3\n")  # a base is as strict as the file itself
+    with pytest.raises(ConfigError, match="trainer.max_stepz"):
+        load_config(tmp_path / "e.yaml")
+
+
 def test_toy_sega_config_is_the_toy_config_plus_its_concepts():
     """configs/toy-sega.yaml says "everything else is configs/toy.yaml": the SEGA benchmark compares
     against the Janus benchmark's training, so the two may differ only in name, prompt (the Janus
