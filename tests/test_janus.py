@@ -199,11 +199,28 @@ def test_short_toy_text_to_3d_scored_end_to_end(tmp_path: Path, tiny_pixel_dir: 
     s = scored.score
     assert s.frames == 12 and 0 <= s.view_consistency <= 1 and 0 <= s.identity <= 1 and s.front_arcs >= 0
     assert isinstance(s.janus, bool) and json.loads(json.dumps(s.as_dict())) == s.as_dict()
+    shares = load_tool("white_back").score_run(run, [0.0, 180.0], 16)  # the white-back report on the same run
+    assert list(shares) == [0.0, 180.0] and all(0.0 <= v <= 1.0 for v in shares.values())
+
+
+def test_white_back_share_counts_opaque_white_only() -> None:
+    """tools/white_back.py: white material counts, the white background (opacity 0) and coloured or
+    half-transparent pixels do not. A 4×4 frame: 3 opaque white pixels, 1 empty white (background),
+    1 opaque blue, 1 white at opacity 0.4 → 3/16."""
+    tool = load_tool("white_back")
+    rgb, opacity = torch.ones(4, 4, 3), torch.zeros(4, 4, 1)
+    opacity[0, :3] = 1.0  # three opaque white pixels
+    opacity[1, 0], rgb[1, 0] = 1.0, torch.tensor([0.1, 0.2, 0.9])  # opaque blue
+    opacity[1, 1] = 0.4  # white, but mostly background
+    assert tool.white_share(rgb, opacity) == pytest.approx(3 / 16)
+    rgb[0, 0, 2] = 0.79  # one channel below the white bound
+    assert tool.white_share(rgb, opacity) == pytest.approx(2 / 16)
+    assert [tool.is_back(a) for a in (0, 135, 136, 180, -180, 225, 224.9, 540, -136)] == [False, False, True, True, True, False, True, True, True]
 
 
 # ------------------------------------------------------------------------------------ the tool
-def load_tool():
-    spec = importlib.util.spec_from_file_location("bench_janus", ROOT / "tools" / "bench_janus.py")
+def load_tool(name: str = "bench_janus"):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
