@@ -467,7 +467,8 @@ BASE_KEY = "base"
 
 def _config_chain(path: Path) -> List[Path]:
     """``path`` and the files it extends through ``base:``, the root first (each file's keys then
-    override its base's). ``base`` is a file name relative to the folder of the file that names it."""
+    override its base's). ``base`` is a file name relative to the folder of the file that names it,
+    or an absolute one (``~`` expanded)."""
     chain: List[Path] = []
     current = path
     while True:
@@ -480,7 +481,7 @@ def _config_chain(path: Path) -> List[Path]:
             return chain[::-1]
         if not isinstance(base, str) or not base.strip():
             raise ConfigError(BASE_KEY, f"must be the file name of the config that '{current}' extends, e.g. base: toy.yaml, not {base!r}")
-        parent = current.parent / base
+        parent = current.parent / Path(base).expanduser()  # an absolute path replaces the folder
         if not parent.is_file():
             raise UsageError(f"config file '{current}' extends '{parent}' (base: {base}), which does not exist")
         current = parent

@@ -148,6 +148,9 @@ def test_base_file_is_extended_key_by_key(tmp_path):
     assert (cfg.prompt, cfg.seed, cfg.trainer.max_steps, cfg.trainer.lr_grid) == ("leaf", 2, 20, 0.25)
     assert cfg.data.fov_range == [50.0, 60.0]
     assert "\nbase:" not in "\n" + to_yaml(cfg)  # the run's config.yaml is the resolved config, whole
+    (tmp_path / "elsewhere.yaml").write_text(f"base: {tmp_path / 'sub' / 'leaf.yaml'}\nseed: 7\n")  # an absolute base
+    cfg = load_config(tmp_path / "elsewhere.yaml")
+    assert (cfg.prompt, cfg.seed, cfg.trainer.max_steps) == ("leaf", 7, 20)
 
 
 def test_bad_base_files(tmp_path):
