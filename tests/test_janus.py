@@ -242,8 +242,13 @@ def test_bench_plan_resume_table_and_contact_sheet(tmp_path: Path, capsys: pytes
     clf_dir = ToyClassifier().save(tmp_path / "clf")
     out = tmp_path / "bench"
     args = ["--families", "bird,cat", "--seeds", "0,1", "--methods", "plain,perpneg-ts", "--out", str(out), "--classifier", str(clf_dir)]
-    ns = tool.argparse.Namespace(sega=False, methods="plain,perpneg-ts", family_list=["bird", "cat"], seed_list=[0, 1])
+    ns = tool.argparse.Namespace(sega=False, methods="plain,perpneg-ts", family_list=["bird", "cat"], seed_list=[0, 1], colour_map=tool.parse_colours(""))
     runs = tool.plan(ns)
+    ns.colour_map = tool.parse_colours("bird=yellow")  # --colours: another colour for a family, the others as before
+    assert [r["key"] for r in tool.plan(ns)][::4] == ["plain-bird-yellow-s0", "plain-cat-yellow-s0"] and tool.plan(ns)[0]["prompt"] == "a yellow bird"
+    for bad in ("bird=purple", "dog=red", "bird"):
+        with pytest.raises(UsageError, match="--colours: expected FAMILY=COLOUR"):
+            tool.parse_colours(bad)
     assert [r["key"] for r in runs][:3] == ["plain-bird-red-s0", "plain-bird-red-s1", "perpneg-ts-bird-red-s0"] and len(runs) == 8
     assert "guidance.perp_neg.schedule=threestudio" in runs[2]["overrides"] and runs[0]["prompt"] == "a red bird"
     rng = np.random.default_rng(0)

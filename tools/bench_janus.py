@@ -42,6 +42,7 @@ overrides, and a call with other ones is refused):
     python tools/bench_janus.py --jobs 2 --out bench-janus        # 3 families x 3 seeds x 4 methods, 2 at once
     python tools/bench_janus.py --quick --out bench-janus-quick   # the robot, seed 1, 4 methods
     python tools/bench_janus.py --sega --out bench-sega           # SEGA with / without, 3 seeds
+    python tools/bench_janus.py --families bird --colours bird=yellow --out bench-yellow-bird   # another colour
     python tools/bench_janus.py --model tiny-pixel --steps 5 --families bird --seeds 0 --methods plain --out /tmp/smoke
 """
 
@@ -119,6 +120,19 @@ def parse_seeds(text: str) -> List[int]:
     return seeds
 
 
+def parse_colours(text: str) -> Dict[str, str]:
+    """``"bird=yellow,cat=red"`` → every family's colour, :data:`FAMILY_COLOURS` for the ones not named."""
+    colours = dict(FAMILY_COLOURS)
+    for item in [t.strip() for t in text.split(",") if t.strip()]:
+        family, _, colour = item.partition("=")
+        if family not in FAMILIES or colour not in COLOUR_NAMES:
+            raise UsageError(
+                f"--colours: expected FAMILY=COLOUR with a family of {', '.join(FAMILIES)} and a colour of {', '.join(COLOUR_NAMES)}, got {item!r}"
+            )
+        colours[family] = colour
+    return colours
+
+
 def plan(args: argparse.Namespace) -> List[Dict[str, Any]]:
     """The runs to do: dicts with key, group (method or SEGA condition), family, colour, prompt, seed, overrides."""
     runs = []
@@ -130,7 +144,7 @@ def plan(args: argparse.Namespace) -> List[Dict[str, Any]]:
         return runs
     methods = _split(args.methods or ",".join(METHODS), list(METHODS), "--methods")
     for family in args.family_list:
-        colour = FAMILY_COLOURS[family]
+        colour = args.colour_map[family]
         for method in methods:
             for seed in args.seed_list:
                 runs.append(dict(
@@ -462,13 +476,13 @@ def bench(args: argparse.Namespace) -> Dict[str, Any]:
         rows_img = []
         for g in groups:
             for seed in args.seed_list:
-                key = f"sega-{g}-s{seed}" if args.sega else f"{g}-{fam}-{FAMILY_COLOURS[fam]}-s{seed}"
+                key = f"sega-{g}-s{seed}" if args.sega else f"{g}-{fam}-{args.colour_map[fam]}-s{seed}"
                 strip = read_strip(out / "frames" / f"{key}.png")
                 if strip is not None:
                     rows_img.append((f"{g} s{seed}", strip))
                     break
         if rows_img:
-            blocks.append(("SEGA: " + config.stem if args.sega else f"a {FAMILY_COLOURS[fam]} {fam}", rows_img))
+            blocks.append(("SEGA: " + config.stem if args.sega else f"a {args.colour_map[fam]} {fam}", rows_img))
     if blocks:
         atomic_write_bytes(out / f"{stem}-contact.png", png_bytes(contact_sheet(blocks)))
     summary["text"] = format_table(rows, labels, args.sega)
@@ -478,7 +492,9 @@ def bench(args: argparse.Namespace) -> Dict[str, Any]:
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=None, help="config to train (default configs/toy.yaml; with --sega configs/toy-sega.yaml)")
-    p.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated subset of {', '.join(FAMILIES)} (one colour each: {FAMILY_COLOURS})")
+    p.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated subset of {', '.join(FAMILIES)} (one colour each, see --colours)")
+    default_colours = ",".join(f"{f}={c}" for f, c in FAMILY_COLOURS.items())
+    p.add_argument("--colours", default="", help=f"FAMILY=COLOUR,... the colour a family is trained in (default {default_colours})")
     p.add_argument("--seeds", default=",".join(map(str, SEEDS)), help="comma-separated seeds (default 0,1,2)")
     p.add_argument("--methods", default="", help=f"comma-separated subset of {', '.join(METHODS)} (with --sega: of {', '.join(SEGA_CONDITIONS)})")
     p.add_argument("--quick", action="store_true", help="the robot, seed 1 (the quick start's), every method (or with --sega: seed 1)")
@@ -497,6 +513,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise UsageError("--steps and --size must be >= 0, --frames and --jobs >= 1")
         args.config = args.config or str(ROOT / "configs" / ("toy-sega.yaml" if args.sega else "toy.yaml"))
         args.family_list = _split(args.families, FAMILIES, "--families")
+        args.colour_map = parse_colours(args.colours)
         args.seed_list = parse_seeds(args.seeds)
         if args.quick:
             args.seed_list = list(QUICK["seeds"])
