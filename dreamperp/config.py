@@ -13,7 +13,7 @@ import re
 from dataclasses import MISSING as DC_MISSING
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
 import yaml
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -465,18 +465,21 @@ def _check_sections(node: dict, cls: type, origin: str, prefix: str = "") -> Non
 BASE_KEY = "base"
 
 
-def _config_chain(path: Path) -> List[Path]:
-    """``path`` and the files it extends through ``base:``, the root first (each file's keys then
-    override its base's). ``base`` is a file name relative to the folder of the file that names it,
-    or an absolute one (``~`` expanded)."""
-    chain: List[Path] = []
+def _config_chain(path: Path) -> List[Tuple[Path, DictConfig]]:
+    """``path`` and the files it extends through ``base:``, each read once, the root first (each
+    file's keys then override its base's); ``base`` itself is dropped. It names a file relative to
+    the folder of the file that names it, or an absolute one (``~`` expanded)."""
+    chain: List[Tuple[Path, DictConfig]] = []
+    seen: List[Path] = []
     current = path
     while True:
-        if current.resolve() in [c.resolve() for c in chain]:
-            names = " -> ".join(f"'{c}'" for c in chain + [current])
+        if current.resolve() in seen:
+            names = " -> ".join(f"'{c}'" for c, _ in chain) + f" -> '{current}'"
             raise UsageError(f"config files extend each other in a loop: {names}; remove one 'base:' line")
-        chain.append(current)
-        base = _load_yaml_mapping(current).get(BASE_KEY)
+        seen.append(current.resolve())
+        loaded = _load_yaml_mapping(current)
+        base = loaded.pop(BASE_KEY, None)
+        chain.append((current, loaded))
         if base is None:
             return chain[::-1]
         if not isinstance(base, str) or not base.strip():
@@ -496,9 +499,7 @@ def load_config(path: Optional[str | Path], overrides: Sequence[str] = (), *, re
             raise UsageError(f"config file '{p}' is a folder: pass a YAML file (e.g. configs/tiny.yaml)")
         if not p.is_file():
             raise UsageError(f"config file '{p}' does not exist (try configs/tiny.yaml)")
-        for layer in _config_chain(p):
-            file_cfg = _load_yaml_mapping(layer)
-            file_cfg.pop(BASE_KEY, None)
+        for layer, file_cfg in _config_chain(p):
             _check_sections(OmegaConf.to_container(file_cfg, resolve=False), Config, f"'{layer}'")  # type: ignore[arg-type]
             try:
                 merged = OmegaConf.merge(merged, file_cfg)
