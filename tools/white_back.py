@@ -29,7 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from dreamperp.cameras import wrap_azimuth  # noqa: E402
 from dreamperp.errors import DreamperpError  # noqa: E402
+from dreamperp.toy.janus import BACK_SECTOR_DEG  # noqa: E402
 
 OPAQUE = 0.5  # opacity above which a pixel is material
 WHITE = 0.8  # every channel above this is white
@@ -44,9 +46,8 @@ def white_share(rgb: Tensor, opacity: Tensor, opaque: float = OPAQUE, white: flo
 
 
 def is_back(azimuth_deg: float) -> bool:
-    """|azimuth| > 135°, wrapped to (-180, 180]: the back sector of the Janus metrics."""
-    a = (float(azimuth_deg) + 180.0) % 360.0 - 180.0
-    return abs(a) > 135.0 or a == -180.0
+    """In the back sector of the Janus metrics: |azimuth| > BACK_SECTOR_DEG, wrapped to (-180, 180]."""
+    return abs(float(wrap_azimuth(torch.tensor(float(azimuth_deg))))) > BACK_SECTOR_DEG
 
 
 def score_run(run_dir: str | Path, azimuths: Sequence[float], size: int) -> Dict[float, float]:
