@@ -47,7 +47,7 @@ MIN_FREE_DISK = 2 * GIB  # checkpoints, validation grids, a mesh and a video of 
 DEFAULT_BENCH_PROMPT = "a DSLR photo of a corgi"
 # Dense fp16/bf16 tensor-core peak in TFLOP/s (vendor data sheets, without sparsity), by name part.
 GPU_PEAK_TFLOPS: Tuple[Tuple[str, float], ...] = (
-    ("H200", 989.0), ("H100 SXM", 989.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0), ("H100", 756.0),
+    ("H200", 989.0), ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0),  # "H100 80GB HBM3" is the SXM card
     ("GH200", 989.0), ("B200", 2250.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0), ("L40", 181.0),
     ("L4", 121.0), ("A10G", 70.0), ("A10", 125.0), ("RTX 4090", 165.0), ("RTX 3090", 71.0), ("V100", 125.0), ("T4", 65.0),
 )
@@ -674,6 +674,12 @@ def peak_tflops(gpu_name: str) -> Optional[float]:
     return None
 
 
+def physical_floor(flops: float, tflops: float, step_s: float) -> Tuple[float, float]:
+    """(seconds the step's ``flops`` take at ``tflops`` TFLOP/s, that time over the measured ``step_s``)."""
+    floor = flops / (tflops * 1e12)
+    return floor, floor / step_s
+
+
 def bench(cfg: Config, steps: int = 30, warmup: int = 5, full_size: bool = False, flops: Optional[int] = None) -> Dict[str, Any]:
     """Time ``steps`` training steps of ``cfg`` after ``warmup`` untimed ones. Returns the per-stage
     medians (seconds), it/s, peak memory, and for a GPU the fraction of the physical floor (``flops``
@@ -721,8 +727,8 @@ def bench(cfg: Config, steps: int = 30, warmup: int = 5, full_size: bool = False
     if device.type == "cuda" and flops:
         tflops = peak_tflops(name)
         if tflops:
-            floor = flops / (tflops * 1e12)
-            result.update(peak_tflops=tflops, floor_s=floor, floor_fraction=floor / med["total"])
+            floor, fraction = physical_floor(flops, tflops, med["total"])
+            result.update(peak_tflops=tflops, floor_s=floor, floor_fraction=fraction)
     return result
 
 
