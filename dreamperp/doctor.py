@@ -649,12 +649,58 @@ def instrument(trainer: Any, clock: StepClock) -> None:
     trainer.optimizer.register_step_post_hook(lambda *a: clock.mark("opt_end"))
 
 
+RANDOM_TAESD = "taesd-random-v1"  # folder name under the dreamperp cache
+
+
+def tiny_encoder_here(model: str) -> bool:
+    """Whether AutoencoderTiny ``model`` (hub id or folder) loads without the network."""
+    if Path(model).expanduser().is_dir():
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    from dreamperp.models.loading import hub_cache_dir
+
+    try:
+        return isinstance(try_to_load_from_cache(model, "config.json", cache_dir=hub_cache_dir()), str)
+    except (OSError, ValueError):
+        return False
+
+
+def random_tiny_encoder() -> Path:
+    """A folder with diffusers' AutoencoderTiny (the TAESD architecture) in random weights, written
+    once into the dreamperp cache: speed does not depend on weight values."""
+    import tempfile
+
+    import torch
+    from diffusers import AutoencoderTiny
+
+    from dreamperp.models.tiny import _cache_root
+
+    final = _cache_root() / RANDOM_TAESD
+    if (final / "config.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        AutoencoderTiny().save_pretrained(tmp)
+    try:
+        os.rename(tmp, final)
+    except OSError:  # another process was first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
 def build_bench_trainer(cfg: Config, full_size: bool) -> Any:
-    """A Trainer for ``cfg``; with ``full_size`` its prior is the SD 2.1-base architecture with random weights."""
+    """A Trainer for ``cfg``; with ``full_size`` its prior is the SD 2.1-base architecture with random
+    weights. ``guidance.encoder: tiny`` without TAESD's weights here gets TAESD with random weights
+    (``cfg.guidance.tiny_encoder_model`` is pointed at it)."""
     from dreamperp.train.trainer import Trainer
 
     if cfg.data.type != "text":
         raise UsageError("--bench times text-to-3D steps: use a config with data.type=text")
+    if cfg.guidance.encoder == "tiny" and not tiny_encoder_here(cfg.guidance.tiny_encoder_model):
+        cfg.guidance.tiny_encoder_model = str(random_tiny_encoder())
     prior = None
     if full_size:
         from dreamperp.device import resolve_device
@@ -689,6 +735,7 @@ def bench(cfg: Config, steps: int = 30, warmup: int = 5, full_size: bool = False
     if steps < 1 or warmup < 0:
         raise UsageError(f"--steps must be >= 1 and --warmup >= 0, got {steps} and {warmup}")
     trainer = build_bench_trainer(cfg, full_size)
+    random_encoder = cfg.guidance.encoder == "tiny" and cfg.guidance.tiny_encoder_model.endswith(RANDOM_TAESD)
     device = trainer.device
     clock = StepClock(device)
     instrument(trainer, clock)
@@ -716,7 +763,8 @@ def bench(cfg: Config, steps: int = 30, warmup: int = 5, full_size: bool = False
         "threads": torch.get_num_threads(), "prior": "SD 2.1-base architecture, random weights" if full_size else cfg.guidance.model,
         "dtype": str(trainer.prior.dtype).replace("torch.", ""), "resolution": trainer.prior.resolution,
         "render": [cfg.data.width, cfg.data.height], "batch_size": cfg.data.batch_size, "perp_neg": cfg.guidance.perp_neg.enabled,
-        "compile": cfg.guidance.compile, "encoder": cfg.guidance.encoder, "sampler": trainer.scene.sampler,
+        "compile": cfg.guidance.compile, "sampler": trainer.scene.sampler,
+        "encoder": cfg.guidance.encoder + (" (random weights)" if random_encoder else ""),
         "warmup": warmup, "steps": len(rows), "unet_rows_per_sample": clock.unet_rows // cfg.data.batch_size,
         "stages_s": {k: med[k] for k in STAGES}, "step_s": med["total"],
         "it_s": len(rows) / sum(r["total"] for r in rows), "it_s_median": 1.0 / med["total"],
@@ -835,3 +883,24 @@ def doctor_command(args: argparse.Namespace) -> int:
             print(f"dreamperp doctor: error: {report['problem']}", file=sys.stderr)
         return 2
     return 0
+
+
+def random_weight_run(config: str, overrides: List[str], run_dir: str, full_size: bool = True) -> int:
+    """Train ``config`` in ``run_dir`` with the full-size prior in random weights, then export its
+    mesh and video as ``dreamperp train`` does: the whole pipeline's speed and memory without the
+    real weights (``tools/gpu_check.sh``). Returns the exit code."""
+    from dreamperp.runs.folder import RunDir
+    from dreamperp.train.loop import TrainLoop
+    from dreamperp.train_command import export_at_end
+
+    cfg = load_config(config, overrides)
+    trainer = build_bench_trainer(cfg, full_size=full_size)
+    run = RunDir(Path(run_dir))
+    for sub in (run.ckpt_dir, run.val_dir, run.export_dir):
+        sub.mkdir(parents=True, exist_ok=True)
+    run.write_config(cfg)
+    with run.lock():
+        code = TrainLoop(trainer, run).fit()
+        if code == 0:
+            export_at_end(trainer, run)
+    return code
