@@ -230,3 +230,32 @@ def test_device_cuda_without_a_gpu_exits_2(capsys: pytest.CaptureFixture, tmp_pa
     monkeypatch.setattr(doctor, "gpu_info", lambda: [])
     code, _, err = run_doctor(capsys, str(ROOT / "configs" / "tiny.yaml"), "device=cuda", f"output_dir={tmp_path}")
     assert code == 2 and "device=cuda but this machine has no usable CUDA device" in err
+
+
+def test_machine_only_report_exits_0(capsys: pytest.CaptureFixture) -> None:
+    code, out, err = run_doctor(capsys)
+    assert code == 0 and "verdict: machine checked; give a CONFIG to check a run" in out
+    assert "guidance.model" not in out and "peak memory" not in out
+
+
+def online_hub(monkeypatch: pytest.MonkeyPatch, facts: Dict[str, Any]) -> None:
+    """The hub reachable, answering ``facts`` about any model (no network)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(doctor, "hub_model_facts", lambda model_id: dict(facts))
+
+
+def test_online_model_not_cached_reports_gated_and_download_size(empty_hf_home: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    online_hub(monkeypatch, {"gated": True, "download_bytes": 5 * 2**30, "error": None})
+    args = [str(ROOT / "configs" / "tiny.yaml"), "guidance.model=DeepFloyd/IF-I-XL-v1.0", f"output_dir={tmp_path}"]
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    code, out, err = run_doctor(capsys, *args)
+    assert code == 0, err  # downloadable on first use
+    assert "guidance.model    DeepFloyd/IF-I-XL-v1.0 (hub): not in the cache (downloads 5.00 GiB on first use); gated" in out
+    assert "warning: gated: accept its licence on the hub and run `hf auth login`" in out
+    online_hub(monkeypatch, {"gated": None, "download_bytes": None, "error": "model 'someone/gone' was not found on the Hugging Face hub"})
+    code, out, err = run_doctor(capsys, str(ROOT / "configs" / "tiny.yaml"), "guidance.model=someone/gone", f"output_dir={tmp_path}")
+    assert code == 2 and "model 'someone/gone' was not found on the Hugging Face hub: check guidance.model" in err
