@@ -14,9 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_gpu_check_dry_run_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "check"
-    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": os.environ.get("XDG_CACHE_HOME", "")}
-    if not env["XDG_CACHE_HOME"]:
-        env.pop("XDG_CACHE_HOME")
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(["bash", "tools/gpu_check.sh", str(out), "--dry-run"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "gpu_check.json").read_text())
