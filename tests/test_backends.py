@@ -116,7 +116,7 @@ def test_v_prediction_is_converted(tiny_pixel_dir: Path) -> None:
 def test_if_layout_samples_and_trains(tiny_if_dir: Path, tmp_path: Path) -> None:
     """`dreamperp sample` and a training step run through the pixel backend (no VAE anywhere)."""
     out = tmp_path / "s"
-    args = ["sample", str(ROOT / "dreamperp" / "configs" / "sample.yaml"), f"guidance.model={tiny_if_dir}", "device=cpu", "steps=2", "num_images=2", "view=back"]
+    args = ["sample", "sample", f"guidance.model={tiny_if_dir}", "device=cpu", "steps=2", "num_images=2", "view=back"]
     assert main([*args, "--out", str(out)]) == 0
     from PIL import Image
 
