@@ -12,6 +12,7 @@ import re
 import sys
 from typing import Callable, List, NoReturn, Optional
 
+from dreamperp import __version__
 from dreamperp.config import MESH_FORMATS
 from dreamperp.errors import DreamperpError, is_out_of_memory
 
@@ -110,18 +111,35 @@ def _add_doctor(sub: "argparse._SubParsersAction") -> None:
     p.set_defaults(func=_cmd_doctor)
 
 
+def _cmd_configs(args: argparse.Namespace) -> int:
+    from dreamperp.shipped import configs_folder, shipped_configs, summary
+
+    configs = shipped_configs()
+    width = max((len(n) for n in configs), default=0)
+    for name, path in configs.items():
+        print(f"{name:<{width}}  {summary(path)}")
+    print(f"\n(in {configs_folder()}; pass a name to train, batch or sample, e.g. `dreamperp train toy`, "
+          "or start your own file with `base: toy` and the keys you change)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="dreamperp",
         description="Text-to-3D with Score Distillation Sampling, Perp-Neg and SEGA.",
-        epilog="Quick start (CPU, no weights): dreamperp train configs/tiny.yaml",
+        epilog="Quick start (CPU, no weights, under 2 minutes): dreamperp train toy",
     )
+    parser.add_argument("--version", action="version", version=f"dreamperp {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("configs", help="list the shipped configs (pass a name wherever a config file goes)",
+                       description="The configs that ship with dreamperp: their names and what each is for.")
+    p.set_defaults(func=_cmd_configs)
 
     p = sub.add_parser("train", help="train a scene from a prompt (or a multi-view dataset)",
                        description="Train a NeRF from a text prompt with Perp-Neg SDS, or reconstruct a multi-view dataset.",
                        epilog='example: dreamperp train configs/default.yaml prompt="a DSLR photo of a corgi"')
-    p.add_argument("config", nargs="?", help="YAML config (see configs/); omit with --resume")
+    p.add_argument("config", nargs="?", help="YAML config file, or a shipped config's name (dreamperp configs lists them); omit with --resume")
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--fallback", action="store_true", help="with --resume: if the newest checkpoint is corrupt, use the previous good one")
@@ -132,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run every (prompt, seed) of a prompt list as its own 'dreamperp train' run; running it again "
                                    "skips finished runs and resumes interrupted ones.",
                        epilog="example: dreamperp batch configs/default.yaml assets/prompts/gallery.txt --seeds 0,1,2 --out outputs/gallery")
-    p.add_argument("config", help="YAML config shared by all jobs (see configs/)")
+    p.add_argument("config", help="YAML config shared by all jobs: a file or a shipped config's name (dreamperp configs)")
     p.add_argument("prompts", metavar="PROMPTS", help="prompt list: .txt (one a line, # comments) or .yaml (prompts or {prompt, overrides} items)")
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP + "; applied to every job")
     p.add_argument("--seeds", help="comma-separated seeds, each prompt runs once per seed (default: the config's seed)")
@@ -189,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="2D text-to-image with Perp-Neg and SEGA guidance",
                        description="Sample images with the same guidance code as training: view conditioning, Perp-Neg negatives, SEGA concepts.",
                        epilog='example: dreamperp sample configs/sample.yaml prompt="a peacock" sample.view=back --out peacock/')
-    p.add_argument("config", help="YAML config (e.g. configs/sample.yaml)")
+    p.add_argument("config", help="YAML config file, or a shipped config's name (e.g. sample)")
     p.add_argument("overrides", nargs="*", help=OVERRIDES_HELP + "; view=, azimuth=, steps= are short for sample.*")
     p.add_argument("--out", metavar="DIR", required=True, help="output folder: DIR/0000.png, ... and grid.png")
     p.set_defaults(func=_cmd_sample)
@@ -225,6 +243,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             prog = f"{parser.prog} {args.command}"
             print(f"{prog}: error: unrecognized arguments: {' '.join(extra)} (see '{prog} --help')", file=sys.stderr)
             return 2
+    if isinstance(getattr(args, "config", None), str):
+        # A shipped config's name (`toy`, `configs/toy.yaml`) becomes its file here, before a command
+        # makes the argument absolute (batch) or hands it on to another process.
+        from dreamperp.shipped import shipped_config
+
+        if not os.path.isfile(args.config):
+            args.config = str(shipped_config(args.config) or args.config)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return int(func(args) or 0)

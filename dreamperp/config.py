@@ -25,6 +25,7 @@ from omegaconf.errors import (
 )
 
 from dreamperp.errors import ConfigError, UsageError, first_line
+from dreamperp.shipped import find_config, names_hint, shipped_config
 
 # Names the whole package shares; the schema validates against them, every other module imports them.
 VIEW_NAMES = ("front", "side", "back", "overhead")  # the view prompts, validation columns and 2D view choices
@@ -485,6 +486,8 @@ def _config_chain(path: Path) -> List[Tuple[Path, DictConfig]]:
         if not isinstance(base, str) or not base.strip():
             raise ConfigError(BASE_KEY, f"must be the file name of the config that '{current}' extends, e.g. base: toy.yaml, not {base!r}")
         parent = current.parent / Path(base).expanduser()  # an absolute path replaces the folder
+        if not parent.is_file():  # `base: toy` in a file of the user's: the shipped config
+            parent = shipped_config(base) or parent
         if not parent.is_file():
             raise UsageError(f"config file '{current}' extends '{parent}' (base: {base}), which does not exist")
         current = parent
@@ -494,11 +497,11 @@ def load_config(path: Optional[str | Path], overrides: Sequence[str] = (), *, re
     """Schema ⊕ YAML file ⊕ ``key=value`` overrides, validated. Raises :class:`ConfigError`."""
     merged: Any = OmegaConf.structured(Config)
     if path is not None:
-        p = Path(path)
+        p = find_config(path)  # a file, or the name of a shipped config
         if p.is_dir():
-            raise UsageError(f"config file '{p}' is a folder: pass a YAML file (e.g. configs/tiny.yaml)")
+            raise UsageError(f"config file '{p}' is a folder: pass a YAML file or a shipped config's name ({names_hint()})")
         if not p.is_file():
-            raise UsageError(f"config file '{p}' does not exist (try configs/tiny.yaml)")
+            raise UsageError(f"config file '{p}' does not exist; shipped configs: {names_hint()} (`dreamperp configs` lists them)")
         for layer, file_cfg in _config_chain(p):
             _check_sections(OmegaConf.to_container(file_cfg, resolve=False), Config, f"'{layer}'")  # type: ignore[arg-type]
             try:

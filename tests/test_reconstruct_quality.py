@@ -33,7 +33,7 @@ def test_reconstruction_reaches_psnr_on_held_out_views(tmp_path: Path) -> None:
     # A short run of the shipped config: fewer steps, rays and samples and a smaller hash grid than
     # the 1000-step benchmark (~34 dB at 64x64), so training takes ~7 s on 2 cores.
     argv = [
-        "train", str(ROOT / "configs" / "reconstruct.yaml"), f"data.path={train_json}", f"output_dir={out}", "device=cpu",
+        "train", str(ROOT / "dreamperp" / "configs" / "reconstruct.yaml"), f"data.path={train_json}", f"output_dir={out}", "device=cpu",
         "trainer.max_steps=200", "data.rays_per_step=512", "render.num_samples=32",
         "scene.levels=8", "scene.log2_table_size=14", "scene.max_resolution=128",
         "trainer.val_every=200", "trainer.checkpoint_every=200", "trainer.log_every=50", "trainer.val_size=32",

@@ -12,7 +12,7 @@ from dreamperp.config import load_config
 from dreamperp.images import make_grid, to_uint8
 from dreamperp.sample import rewrite_shorthand
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parent.parent / "dreamperp" / "configs"
 SAMPLE = str(CONFIGS / "sample.yaml")
 
 

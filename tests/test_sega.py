@@ -12,7 +12,7 @@ import torch
 from dreamperp.cli import main
 from dreamperp.guidance.sega import sega_guidance
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parent.parent / "dreamperp" / "configs"
 
 
 def concept(scale=1.0, threshold=0.0, warmup=0, cooldown=None, reverse=False, weight=1.0):

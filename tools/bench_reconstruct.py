@@ -65,7 +65,7 @@ def psnr_table(gt_dir: Path, pred_dir: Path, background: float) -> list[tuple[st
 def main() -> int:
     parser = argparse.ArgumentParser(description="Multi-view reconstruction benchmark (PSNR on held-out views).")
     parser.add_argument("overrides", nargs="*", help="extra config overrides for dreamperp train, e.g. trainer.max_steps=500")
-    parser.add_argument("--config", default=str(ROOT / "configs" / "reconstruct.yaml"), help="training config (default configs/reconstruct.yaml)")
+    parser.add_argument("--config", default=str(ROOT / "dreamperp" / "configs" / "reconstruct.yaml"), help="training config (default configs/reconstruct.yaml)")
     parser.add_argument("--work", help="working folder (default: a new temporary folder)")
     parser.add_argument("--min-psnr", type=float, help="exit with status 1 when the mean PSNR is below this")
     args = parser.parse_args()

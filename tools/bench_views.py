@@ -20,9 +20,9 @@ Writes ``OUT/bench_views.json`` (the table, settings and timing) and ``OUT/grid-
 (rows: prompts; columns: the samples of each asked view). Without a classifier (none trained yet)
 the images and timings are still produced and the rates are reported as pending (null).
 
-    python tools/bench_views.py --out assets/bench-views            # full: 16 samples, 15 DDIM steps
+    python tools/bench_views.py --out benchmarks/views            # full: 16 samples, 15 DDIM steps
     python tools/bench_views.py --quick --out /tmp/bench-views       # smoke test: 2 samples, 2 steps
-    python tools/bench_views.py --view-directions --out assets/bench-views   # how far apart the view prompts point
+    python tools/bench_views.py --view-directions --out benchmarks/views   # how far apart the view prompts point
 
 ``--view-directions`` measures what Perp-Neg has to work with, without sampling: toy renders of each
 prompt's object (front, side and back, eval camera) are noised at t = 300, 600, 900 and the prior's
@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
     result = {
         "settings": {
-            "model": args.model, "classifier": "none" if classifier is None else (args.classifier or "assets/toy-classifier"),
+            "model": args.model, "classifier": "none" if classifier is None else (args.classifier or "dreamperp/toy/weights/toy-classifier"),
             "families": list(families), "colours": list(colours), "views": views, "samples_per_cell": n, "steps": args.steps,
             "scheduler": args.scheduler, "scale": args.scale, "seed": args.seed, "device": str(device),
             "samplers": {s: SAMPLERS[s] for s in samplers},
@@ -298,7 +298,7 @@ def print_table(result: Dict[str, Any]) -> None:
     print(f"toy 2D view benchmark: {len(st['families'])} families x {len(st['colours'])} colours, {st['samples_per_cell']} samples each, "
           f"{st['steps']} {st['scheduler'] or 'model-scheduler'} steps, scale {st['scale']}")
     if table is None:
-        print("rates: pending (no toy classifier: train it with python tools/train_toy_classifier.py --out assets/toy-classifier)")
+        print("rates: pending (no toy classifier: train it with python tools/train_toy_classifier.py --out dreamperp/toy/weights/toy-classifier)")
     else:
         views = st["views"]
         print("| sampler | " + " | ".join(f"{v}: success | {v}: identity | {v}: seen as front" for v in views) + " |")
@@ -314,8 +314,8 @@ def print_table(result: Dict[str, Any]) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="toy", help="prior: 'toy' (assets/toy-prior) or any guidance.model value")
-    p.add_argument("--classifier", default=None, help="toy classifier folder (default assets/toy-classifier; 'none': skip the rates)")
+    p.add_argument("--model", default="toy", help="prior: 'toy' (dreamperp/toy/weights/toy-prior) or any guidance.model value")
+    p.add_argument("--classifier", default=None, help="toy classifier folder (default dreamperp/toy/weights/toy-classifier; 'none': skip the rates)")
     p.add_argument("--samples", type=int, default=16, help="samples per family x colour x view (default 16)")
     p.add_argument("--steps", type=int, default=15, help="DDIM steps (default 15: the cost is rows x steps, see the module docstring)")
     p.add_argument("--scheduler", default="DDIMScheduler", help="diffusers scheduler class (default DDIMScheduler)")

@@ -10,7 +10,7 @@ so a flip is the mirrored azimuth and keeps the view). Held-out images are rende
 Views by true angles: overhead when elevation > 60°, else front for |azimuth| < 45°, side for
 45°-135°, back above 135° (``dreamperp.toy.world.view_of``).
 
-    python tools/train_toy_classifier.py --out assets/toy-classifier
+    python tools/train_toy_classifier.py --out dreamperp/toy/weights/toy-classifier
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def accuracy(model: ToyClassifier, data: dict[str, torch.Tensor], batch: int = 5
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default=str(ROOT / "assets" / "toy-classifier"), help="folder to write (replaced)")
+    p.add_argument("--out", default=str(ROOT / "dreamperp" / "toy" / "weights" / "toy-classifier"), help="folder to write (replaced)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-images", type=int, default=8000)
     p.add_argument("--test-images", type=int, default=1200)

@@ -13,14 +13,14 @@ are written to ``WORK/samples/``.
 
     python tools/train_toy_prior.py --work /work/toy-train              # train (forever, or --steps N)
     python tools/train_toy_prior.py --work /work/toy-train --resume     # continue after a stop
-    python tools/train_toy_prior.py --work /work/toy-train --export assets/toy-prior   # write the EMA pipeline
+    python tools/train_toy_prior.py --work /work/toy-train --export dreamperp/toy/weights/toy-prior   # write the EMA pipeline
     python tools/train_toy_prior.py --work /work/toy-train --evaluate   # score EMA samples with the toy classifier
-    python tools/train_toy_prior.py --work /tmp/eval --evaluate --model assets/toy-prior   # the same for an exported prior
+    python tools/train_toy_prior.py --work /tmp/eval --evaluate --model dreamperp/toy/weights/toy-prior   # the same for an exported prior
 
 ``--radius-range`` / ``--fov-range`` set the dataset's cameras (default: the text-to-3D range,
 radius 1.5-2.0, fov 40-70, what the shipped prior saw); SDS pulls a 3D object towards its size in
 the prior's average image, so a prior for close cameras is trained on close-ups, e.g. a fine-tune
-``--init-from assets/toy-prior --radius-range 1.5,1.6 --fov-range 40,45`` (docs/design.md section 10).
+``--init-from dreamperp/toy/weights/toy-prior --radius-range 1.5,1.6 --fov-range 40,45`` (docs/design.md section 10).
 
 The exported folder: model_index.json, unet/, text_encoder/, tokenizer/, scheduler/ (no vae/:
 the model input is the image itself, in [-1, 1] at ``unet.config.sample_size``).
@@ -524,7 +524,7 @@ def export(args: argparse.Namespace) -> None:
             "train_args": state["args"],
             "data_version": DATA_VERSION,
             "caption_bias": asdict(CaptionBias()),
-            "rebuild": "python tools/train_toy_prior.py --work DIR; then --work DIR --export assets/toy-prior",
+            "rebuild": "python tools/train_toy_prior.py --work DIR; then --work DIR --export dreamperp/toy/weights/toy-prior",
         }
         (tmp / MARKER_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
         old = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -554,7 +554,7 @@ def evaluate(args: argparse.Namespace) -> None:
 
     work = Path(args.work)
     device = args.device
-    if args.model:  # an exported prior, e.g. the shipped assets/toy-prior: no work folder needed
+    if args.model:  # an exported prior, e.g. the shipped dreamperp/toy/weights/toy-prior: no work folder needed
         meta = exported_meta(Path(args.model), "--model")
         models = Models(argparse.Namespace(**saved_settings(meta["train_args"])), work)
         load_exported(models, Path(args.model), live=False)
@@ -593,10 +593,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="/work/toy-train", help="work folder: data cache, checkpoint, log, sample grids")
     p.add_argument("--resume", action="store_true", help="continue from WORK/checkpoint.pt (with its own settings)")
-    p.add_argument("--init-from", metavar="DIR", help="start WORK from an exported prior (e.g. assets/toy-prior): continue its training in a new session")
+    p.add_argument("--init-from", metavar="DIR", help="start WORK from an exported prior (e.g. the shipped dreamperp/toy/weights/toy-prior)")
     p.add_argument("--export", metavar="DIR", help="write the EMA pipeline folder of WORK's checkpoint to DIR and exit")
-    p.add_argument("--evaluate", action="store_true", help="sample every colour x family from WORK's EMA, score with assets/toy-classifier, exit")
-    p.add_argument("--model", metavar="DIR", help="--evaluate: score this exported prior (e.g. assets/toy-prior) instead of WORK's checkpoint")
+    p.add_argument("--evaluate", action="store_true", help="sample every colour x family from WORK's EMA, score with the shipped toy classifier, exit")
+    p.add_argument("--model", metavar="DIR", help="--evaluate: score this exported prior (e.g. dreamperp/toy/weights/toy-prior) instead of WORK's checkpoint")
     p.add_argument("--eval-samples", type=int, default=8, help="--evaluate: samples per prompt")
     p.add_argument("--eval-scale", type=float, default=7.5, help="--evaluate: classifier-free guidance scale")
     p.add_argument("--seed", type=int, default=0)

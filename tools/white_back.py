@@ -11,7 +11,7 @@ near-white (every channel > 0.8): white material, not background::
     python tools/white_back.py runs/perpneg-ts-robot-blue-s* --azimuths 0,180 --threshold 0.05
 
 A run is flagged when a back frame (|azimuth| > 135°) has more than ``--threshold`` of it white.
-The README's robot measurements (The toy world, How the recipe was found) come from this tool on
+The robot measurements of docs/toy-world.md (How the recipe was found) come from this tool on
 the run folders of ``tools/bench_janus.py``.
 """
 
