@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("guidance", ("dreamperp.guidance",)),
     ("training", ("dreamperp.train",)),
     ("export", ("dreamperp.export",)),
-    ("commands", ("dreamperp.sample", "dreamperp.train_command", "dreamperp.batch", "dreamperp.cli", "dreamperp.__main__")),
+    ("commands", ("dreamperp.sample", "dreamperp.train_command", "dreamperp.batch", "dreamperp.viewer", "dreamperp.cli", "dreamperp.__main__")),
 ]
 
 
