@@ -8,7 +8,9 @@ through :meth:`Page.render_pending` and :meth:`Page.publish`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import json
 import math
 import socket
@@ -88,7 +90,8 @@ def start_server(host: str, port: int, log: Callable[[str], None]) -> Tuple[Any,
     viser = require_viser()
     _check_listen(host, port)
     _private_ping_random()
-    server = viser.ViserServer(host=host, port=int(port), label="dreamperp", verbose=False)
+    with contextlib.redirect_stdout(io.StringIO()):  # viser's own banner: the URL is said once, below
+        server = viser.ViserServer(host=host, port=int(port), label="dreamperp", verbose=False)
     actual = int(server.get_port())
     shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else (f"[{host}]" if ":" in host else host)
     url = f"http://{shown}:{actual}"
@@ -101,9 +104,6 @@ def start_server(host: str, port: int, log: Callable[[str], None]) -> Tuple[Any,
 
 def stop_server(server: Any) -> None:
     """Stop a viser server, without its 'Server stopped' line on stdout."""
-    import contextlib
-    import io
-
     with contextlib.redirect_stdout(io.StringIO()):
         try:
             server.stop()
