@@ -211,11 +211,16 @@ def watched_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
         run = Path(_wait_for_line(proc, log, r"run folder (\S+)").group(1))
         seen["run"], seen["url"] = run, url
         # A client that sends garbage and hangs up must not disturb anything.
+        import viser
+        from websockets.exceptions import ConnectionClosed
         from websockets.sync.client import connect
 
-        with connect(url.replace("http://", "ws://"), subprotocols=["viser-v0"], open_timeout=10) as ws:
-            ws.send(b"\x00\xffnot msgpack at all" * 50)
-            ws.send("{\"type\": \"nonsense\"}")
+        try:
+            with connect(url.replace("http://", "ws://"), subprotocols=[f"viser-v{viser.__version__}"], open_timeout=10) as ws:
+                ws.send(b"\x00\xffnot msgpack at all" * 50)
+                ws.send("{\"type\": \"nonsense\"}")
+        except ConnectionClosed:  # the server may hang up on it: fine, as long as training goes on
+            pass
         with Browser() as browser:
             browser.goto(url)
             assert browser.wait_for("document.body.innerText.includes('Pause')"), "the page did not load its controls"

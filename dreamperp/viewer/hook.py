@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import math
+import random
 import time
 from typing import Any, Callable, Deque, Dict, Optional, Tuple
 
@@ -47,6 +48,7 @@ class ViewerHook(LoopHook):
         self.step_started = time.perf_counter()
         self.rate_window: Deque[Tuple[float, int]] = collections.deque(maxlen=50)
         self.closed = False
+        self.rng: Optional[Tuple[Any, Any]] = None  # Python's and numpy's global RNG states after the last step
 
     @classmethod
     def start(cls, trainer: Trainer, run: RunDir, *, host: str, port: int, log: Callable[[str], None] = say) -> "ViewerHook":
@@ -68,9 +70,21 @@ class ViewerHook(LoopHook):
             self.page.set_cameras([(cams.c2w.double().cpu().numpy(), cams.fovy_deg.double().cpu().numpy(), colours)])
         self._status(loop)
         self.page.publish(force=True)
+        self._keep_rng()
         self.step_started = time.perf_counter()
 
+    def _keep_rng(self) -> None:
+        self.rng = (random.getstate(), np.random.get_state())
+
+    def _restore_rng(self) -> None:
+        """Undo any draw from Python's or numpy's global RNG since the last step: the server's
+        threads (and libraries they call) may draw from them, and the checkpoints record both."""
+        if self.rng is not None:
+            random.setstate(self.rng[0])
+            np.random.set_state(self.rng[1])
+
     def before_step(self, loop: TrainLoop) -> None:
+        self._restore_rng()
         self._handle_requests(loop)
         if self.page.paused:
             self._status(loop)
@@ -82,10 +96,12 @@ class ViewerHook(LoopHook):
                 time.sleep(PAUSE_POLL_S)
             self._status(loop)
             self.page.publish(force=True)
+        self._restore_rng()
         self.step_started = time.perf_counter()
 
     def after_step(self, loop: TrainLoop, metrics: Dict[str, Any]) -> None:
         now = time.perf_counter()
+        self._keep_rng()
         self.budget.earn(now - self.step_started)
         t = loop.trainer
         self.rate_window.append((now, t.step))

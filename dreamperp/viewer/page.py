@@ -12,14 +12,16 @@ import contextlib
 import errno
 import io
 import json
+import logging
 import math
+import random
 import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple
 
 import numpy as np
 
@@ -76,12 +78,30 @@ def _check_listen(host: str, port: int) -> None:
 def _private_ping_random() -> None:
     """websockets draws its keepalive ping payloads from Python's global ``random``, which the
     checkpoints record: give it a generator of its own so a connected browser cannot change them."""
-    import random
-
     import websockets.asyncio.connection as connection
 
     if getattr(connection, "random", random) is random:
         connection.random = random.Random()  # type: ignore[attr-defined]
+
+
+class _OneLine(logging.Handler):
+    """websockets' errors (a client sending garbage, say) as one line in the run's log, no traceback."""
+
+    def __init__(self, log: Callable[[str], None]):
+        super().__init__(logging.WARNING)
+        self.log = log
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        detail = f"{type(exc).__name__}: {exc}" if exc is not None else record.getMessage()
+        self.log(f"viewer: dropped a browser connection ({detail})")
+
+
+def _log_websocket_errors(log: Callable[[str], None]) -> None:
+    logger = logging.getLogger("websockets")
+    if not any(isinstance(h, _OneLine) for h in logger.handlers):
+        logger.addHandler(_OneLine(log))
+        logger.propagate = False
 
 
 def start_server(host: str, port: int, log: Callable[[str], None]) -> Tuple[Any, str]:
@@ -90,7 +110,8 @@ def start_server(host: str, port: int, log: Callable[[str], None]) -> Tuple[Any,
     viser = require_viser()
     _check_listen(host, port)
     _private_ping_random()
-    with contextlib.redirect_stdout(io.StringIO()):  # viser's own banner: the URL is said once, below
+    _log_websocket_errors(log)
+    with contextlib.redirect_stdout(io.StringIO()), same_python_random():  # viser's banner (rich draws link ids from `random`)
         server = viser.ViserServer(host=host, port=int(port), label="dreamperp", verbose=False)
     actual = int(server.get_port())
     shown = "127.0.0.1" if host in ("0.0.0.0", "", "::") else (f"[{host}]" if ":" in host else host)
@@ -102,9 +123,19 @@ def start_server(host: str, port: int, log: Callable[[str], None]) -> Tuple[Any,
     return server, url
 
 
+@contextlib.contextmanager
+def same_python_random() -> Iterator[None]:
+    """Leave Python's global ``random`` as it was (the checkpoints record it)."""
+    state = random.getstate()
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
 def stop_server(server: Any) -> None:
     """Stop a viser server, without its 'Server stopped' line on stdout."""
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), same_python_random():
         try:
             server.stop()
         except Exception:  # already stopped, or the loop died: nothing left to close
