@@ -30,13 +30,14 @@ def chromium_path() -> Optional[str]:
 class Browser:
     """One headless chromium with one page; use as a context manager."""
 
-    def __init__(self, width: int = 1000, height: int = 700):
+    def __init__(self, width: int = 1000, height: int = 700, nice: int = 0):
         exe = chromium_path()
         if exe is None:
             raise RuntimeError("chromium is not installed (apt-get install chromium)")
         self.profile = tempfile.mkdtemp(prefix="dreamperp-chromium-")
+        prefix = ["nice", "-n", str(nice)] if nice else []
         self.proc = subprocess.Popen(
-            [exe, "--headless", "--no-sandbox", "--enable-unsafe-swiftshader", "--use-angle=swiftshader", "--mute-audio",
+            [*prefix, exe, "--headless", "--no-sandbox", "--enable-unsafe-swiftshader", "--use-angle=swiftshader", "--mute-audio",
              "--no-first-run", "--no-default-browser-check", f"--window-size={width},{height}", "--remote-debugging-port=0",
              f"--user-data-dir={self.profile}", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

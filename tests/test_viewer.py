@@ -196,6 +196,28 @@ def _centre_and_side(shot: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return centre, side
 
 
+def _wait_for_file(path: Path, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.is_file():
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.05)
+
+
+def _has_object(shot: np.ndarray) -> bool:
+    centre, side = _centre_and_side(shot)
+    return bool(side.min() > 235 and np.abs(centre - side).max() > 30)
+
+
+def _wait_for_object(browser: Browser, timeout: float = 30.0) -> np.ndarray:
+    """Screenshots until one shows something at the centre on a white background (or the last one)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shot = browser.screenshot()
+        if _has_object(shot) or time.monotonic() > deadline:
+            return shot
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def watched_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Dict[str, object]:
     """`train --viewer` with a browser on it: garbage on the socket, a screenshot, pause/resume,
@@ -224,12 +246,10 @@ def watched_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
         with Browser() as browser:
             browser.goto(url)
             assert browser.wait_for("document.body.innerText.includes('Pause')"), "the page did not load its controls"
-            browser.click_checkbox("Show cameras")  # frusta off: the screenshot shows the render alone
-            time.sleep(3.0)  # a full-resolution render lands within the budget
-            seen["shot"] = browser.screenshot()
-            assert browser.click_button("Pause")
+            assert browser.click_button("Pause")  # early: the run without the viewer has fewer steps to go
             assert browser.wait_for("document.body.innerText.includes('paused')")
-            time.sleep(0.5)
+            browser.click_checkbox("Show cameras")  # frusta off: the screenshot shows the render alone
+            seen["shot"] = _wait_for_object(browser)  # renders go on while paused
             a = _last_step(run)
             time.sleep(2.0)
             seen["paused_steps"] = (a, _last_step(run))
@@ -239,26 +259,23 @@ def watched_run(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
             seen["saved_while_paused"] = sorted(p.name for p in (run / "ckpts").glob("step-*.pt"))
             assert browser.click_button("Resume")
             resumed_at = _last_step(run)
-            time.sleep(2.0)
+            target = (resumed_at // 10 + 1) * 10  # a checkpoint written with the client watching, after all the clicks
+            _wait_for_file(run / "ckpts" / f"step-{target:06d}.pt")
             seen["resumed_steps"] = (resumed_at, _last_step(run))
+            seen["target"] = target
+        # The same run without the viewer, to the target step (finished: it exports too), alongside.
+        off_log = tmp / "off.log"
+        off = _start(["train", TINY, *small(tiny_model_dir, tmp / "off", trainer__max_steps=target)], off_log)
         # The browser is gone; training goes on.
         gone_at = _last_step(run)
-        time.sleep(1.5)
+        time.sleep(1.0)
         seen["after_close"] = (gone_at, _last_step(run))
-        target = (max(gone_at, _last_step(run)) // 10 + 2) * 10  # a checkpoint written with and after the client
-        deadline = time.monotonic() + 60
-        while not (run / "ckpts" / f"step-{target:06d}.pt").is_file() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        seen["target"] = target
         proc.send_signal(signal.SIGTERM)
         seen["code"] = proc.wait(60)
         seen["log"] = log.read_text()
         port = int(url.rsplit(":", 1)[1])
         with socket.socket() as probe:
             seen["port_open_after"] = probe.connect_ex(("127.0.0.1", port)) == 0
-        # The same run without the viewer, to the target step (finished: exports too).
-        off_log = tmp / "off.log"
-        off = _start(["train", TINY, *small(tiny_model_dir, tmp / "off", trainer__max_steps=target)], off_log)
         seen["off_code"] = off.wait(240)
         seen["off_run"] = Path(_wait_for_line(off, off_log, r"run folder (\S+)").group(1))
     finally:
@@ -331,14 +348,10 @@ def test_view_shows_the_exported_mesh(watched_run: Dict[str, object], tmp_path: 
             browser.goto(url)
             assert browser.wait_for("document.body.innerText.includes('Show exported mesh')")
             assert browser.wait_for("document.querySelector('video') !== null")  # the turntable
-            time.sleep(2.0)
-            centre, side = _centre_and_side(browser.screenshot())
-            assert np.abs(centre - side).max() > 30, "the scene is not shown"
+            assert _has_object(_wait_for_object(browser)), "the scene is not shown"
             assert browser.click_checkbox("Show exported mesh")
-            time.sleep(3.0)
-            shot = browser.screenshot()
-            centre, side = _centre_and_side(shot)
-            assert np.abs(centre - side).max() > 30, "the mesh is not shown"
+            time.sleep(1.0)  # the render is taken away at once; the mesh is drawn by the browser
+            assert _has_object(_wait_for_object(browser)), "the mesh is not shown"
             text = browser.js("document.body.innerText")
             assert "read-only" in text and "Pause" not in text
         proc.send_signal(signal.SIGTERM)

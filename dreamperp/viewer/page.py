@@ -217,6 +217,7 @@ class Page:
         self.guide_camera: Optional[ViewCamera] = None
         self.show_scene = True
         self.mesh = None
+        self.render_count, self.render_seconds = 0, 0.0  # for benchmarks and the docs
         self._build(controls)
         server.on_client_connect(self._on_connect)
         server.on_client_disconnect(self._on_disconnect)
@@ -464,6 +465,7 @@ class Page:
                 pass
             took = time.perf_counter() - start
             spent += took
+            self.render_count, self.render_seconds = self.render_count + 1, self.render_seconds + took
             if budget is not None:
                 budget.charge(took, h * w)
             view.sent, view.sent_at = (cam.key(), mode, res, version), time.perf_counter()
