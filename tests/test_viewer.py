@@ -359,3 +359,86 @@ def test_view_shows_the_exported_mesh(watched_run: Dict[str, object], tmp_path: 
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_view_reloads_a_newer_checkpoint(watched_run: Dict[str, object], tmp_path: Path) -> None:
+    """A run training in another process: `view` follows its newest checkpoint and metrics.jsonl."""
+    from dreamperp.runs.folder import RunDir
+    from dreamperp.viewer.page import Page, start_server, stop_server
+    from dreamperp.viewer.view_command import RunWatcher
+
+    run = RunDir(watched_run["run"])  # type: ignore[arg-type]
+    ckpts = sorted(run.ckpt_dir.glob("step-*.pt"))
+    newest = ckpts[-1]
+    aside = tmp_path / newest.name
+    newest.rename(aside)  # as if the newest had not been written yet
+    server, _ = start_server("127.0.0.1", 0, lambda _: None)
+    try:
+        page = Page(server, run.load_config(), run.root, controls=False)
+        watcher = RunWatcher(run, page)
+        watcher.poll()
+        assert watcher.ckpt == ckpts[-2] and watcher.step == int(ckpts[-2].stem.split("-")[1])
+        assert page.history["step"][-1] == _last_step(run.root) and "loss_sds" in page.history
+        aside.rename(newest)
+        watcher.poll()
+        assert watcher.ckpt == newest and watcher.step == int(newest.stem.split("-")[1])
+    finally:
+        stop_server(server)
+        if aside.exists():
+            aside.rename(newest)
+
+
+def test_multiview_run_shows_its_training_cameras(tmp_path: Path) -> None:
+    """A reconstruction run's page draws one frustum per training image; the server stops with the loop."""
+    need_viser()
+    import importlib.util
+
+    from dreamperp.runs.folder import RunDir
+    from dreamperp.train.loop import TrainLoop
+    from dreamperp.train.trainer import Trainer
+    from dreamperp.viewer.hook import ViewerHook
+
+    spec = importlib.util.spec_from_file_location("make_synthetic_dataset", ROOT / "tools" / "make_synthetic_dataset.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    spec.loader.exec_module(module)
+    train, _ = module.make_dataset(tmp_path / "data", n_train=5, n_test=1, size=16, seed=0)
+    cfg = load_config(ROOT / "configs" / "reconstruct.yaml", [
+        f"data.path={train}", "device=cpu", "trainer.max_steps=3", "trainer.log_every=1", "trainer.progress=false", "trainer.val_size=16",
+        "data.rays_per_step=64", "render.num_samples=8", "scene.levels=4", "scene.log2_table_size=12", "scene.max_resolution=64",
+    ])
+    trainer = Trainer(cfg)
+    run = RunDir(tmp_path / "run")
+    for sub in (run.ckpt_dir, run.val_dir, run.export_dir):
+        sub.mkdir(parents=True)
+    lines: List[str] = []
+    hook = ViewerHook.start(trainer, run, host="127.0.0.1", port=0, log=lines.append)
+    port = hook.server.get_port()
+    assert TrainLoop(trainer, run, hooks=[hook], log=lines.append).fit() == 0
+    (c2w, fovy, colours), = hook.page.camera_batches
+    assert c2w.shape == (5, 4, 4) and np.allclose(c2w, trainer.dataset.c2w.double().numpy(), atol=1e-6)
+    assert len(hook.page.history["step"]) == 3 and "psnr" in hook.page.history
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", port)) != 0  # the server went down with the loop
+
+
+def test_render_view_modes_leave_the_scene_and_rng_alone() -> None:
+    """Each mode renders [H, W, 3] uint8 at the asked size; the untrained soft ball is opaque in the
+    middle and empty at the corner; torch's RNG and the scene's train mode are as before."""
+    from dreamperp.scene import Scene
+    from dreamperp.viewer.render import RENDER_MODES, render_view
+
+    cfg = load_config(TINY, ["scene.levels=4", "scene.log2_table_size=12", "scene.max_resolution=64", "render.num_samples=16"])
+    torch.manual_seed(0)
+    scene = Scene.from_config(cfg, device=torch.device("cpu"))
+    scene.train()
+    cams = make_cameras(torch.tensor([15.0]), torch.tensor([0.0]), torch.tensor([2.0]), torch.tensor([40.0]), 8, 8)
+    wxyz, position = viser_pose(cams.c2w[0].double().numpy())
+    cam = camera_from_viser(wxyz, position, math.radians(40.0), 2.0)
+    rng = torch.get_rng_state()
+    for mode in RENDER_MODES:
+        image = render_view(scene, cfg, cam, mode, 32)
+        assert image.shape == (16, 32, 3) and image.dtype == np.uint8, mode
+        if mode == "opacity":
+            assert image[8, 16].min() > 200 and image[0, 0].max() < 30
+    assert torch.equal(torch.get_rng_state(), rng) and scene.training

@@ -87,6 +87,7 @@ class ViewerHook(LoopHook):
         self._restore_rng()
         self._handle_requests(loop)
         if self.page.paused:
+            self.log(f"viewer: paused at step {loop.trainer.step} (Resume on {self.url}, or Ctrl-C to stop)")
             self._status(loop)
             self.page.publish(force=True)
             while self.page.paused and not loop.stopping:
@@ -94,6 +95,8 @@ class ViewerHook(LoopHook):
                 self.page.render_pending(loop.trainer.scene, loop.trainer.step)  # no budget: nothing trains
                 self.page.publish()
                 time.sleep(PAUSE_POLL_S)
+            if not loop.stopping:
+                self.log(f"viewer: resumed at step {loop.trainer.step}")
             self._status(loop)
             self.page.publish(force=True)
         self._restore_rng()
