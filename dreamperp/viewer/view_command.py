@@ -44,13 +44,14 @@ class RunWatcher:
     def poll(self) -> None:
         ckpts = list_checkpoints(self.run.ckpt_dir)
         if ckpts and ckpts[-1] != self.ckpt:
+            newest, self.ckpt = ckpts[-1], ckpts[-1]  # tried once: checkpoints are written atomically, so a bad one stays bad
             try:
-                loaded = load_run(self.run.root, checkpoint=ckpts[-1])
-            except (UsageError, OSError) as err:  # being replaced right now: the next poll takes the newer one
-                say(f"could not load {ckpts[-1].name} yet ({err})")
+                loaded = load_run(self.run.root, checkpoint=newest)
+            except (UsageError, OSError) as err:  # corrupt, or removed by the run's rotation: keep showing the last good one
+                say(f"could not load {newest.name} ({err}); showing the previous scene")
             else:
-                self.scene, self.ckpt, self.step = loaded.scene, ckpts[-1], loaded.step
-                self.page.say(f"scene from {self.ckpt.name}")
+                self.scene, self.step = loaded.scene, loaded.step
+                self.page.say(f"scene from {newest.name}")
         try:
             st = self.run.metrics_path.stat()
             stamp: Optional[tuple] = (st.st_size, st.st_mtime_ns)
