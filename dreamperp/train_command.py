@@ -42,8 +42,11 @@ def viewer_from_args(args: argparse.Namespace) -> Optional[ViewerFactory]:
 
     require_viser("--viewer")
     from dreamperp.viewer.hook import ViewerHook
+    from dreamperp.viewer.page import check_listen
 
-    return lambda trainer, run: ViewerHook.start(trainer, run, host=host or "127.0.0.1", port=DEFAULT_PORT if port is None else port)
+    host, port = host or "127.0.0.1", DEFAULT_PORT if port is None else port
+    check_listen(host, port)  # a bad host or port: exit 2 before any folder exists
+    return lambda trainer, run: ViewerHook.start(trainer, run, host=host, port=port)
 
 
 def _fit_and_export(trainer: Trainer, run: RunDir, viewer: Optional[ViewerFactory] = None) -> int:

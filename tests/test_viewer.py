@@ -119,6 +119,16 @@ def test_view_of_a_folder_that_is_not_a_run(tmp_path: Path, capsys: pytest.Captu
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
 
 
+def test_viewer_host_that_cannot_be_listened_on(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    need_viser()
+    out = tmp_path / "out"
+    assert main(["train", TINY, f"output_dir={out}", "--viewer", "--viewer-host", "203.0.113.7"]) == 2  # TEST-NET-3: not ours
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--viewer-host '203.0.113.7'" in err and not out.exists()
+    assert main(["train", TINY, f"output_dir={out}", "--viewer", "--viewer-port", "70000"]) == 2
+    assert "--viewer-port must be within 0..65535" in capsys.readouterr().err and not out.exists()
+
+
 def test_viewer_flags_need_viewer(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["train", TINY, f"output_dir={tmp_path / 'out'}", "--viewer-port", "7100"]) == 2
     assert "--viewer" in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -58,7 +58,7 @@ Y_UP_TO_Z_UP_WXYZ = (math.sqrt(0.5), math.sqrt(0.5), 0.0, 0.0)
 
 
 # ---------------------------------------------------------------------------------------- server
-def _check_listen(host: str, port: int) -> None:
+def check_listen(host: str, port: int) -> None:
     """UsageError when ``host`` cannot be listened on at all (a port in use is fine: viser moves on)."""
     if not 0 <= int(port) <= 65535:
         raise UsageError(f"--viewer-port must be within 0..65535 (0: any free port), got {port}")
@@ -108,7 +108,7 @@ def start_server(host: str, port: int, log: Callable[[str], None]) -> Tuple[Any,
     """A viser server on ``host:port`` (the next free port when it is taken, said in the log);
     returns ``(server, url)``. The URL is logged once."""
     viser = require_viser()
-    _check_listen(host, port)
+    check_listen(host, port)
     _private_ping_random()
     _log_websocket_errors(log)
     with contextlib.redirect_stdout(io.StringIO()), same_python_random():  # viser's banner (rich draws link ids from `random`)
