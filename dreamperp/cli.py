@@ -50,6 +50,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return train_command(args)
 
 
+def _cmd_view(args: argparse.Namespace) -> int:
+    from dreamperp.viewer.view_command import view_command
+
+    return view_command(args)
+
+
 def _cmd_batch(args: argparse.Namespace) -> int:
     from dreamperp.batch import batch_command
 
@@ -144,7 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.add_argument("--fallback", action="store_true", help="with --resume: if the newest checkpoint is corrupt, use the previous good one")
     p.add_argument("--run-dir", metavar="PATH", help="train in exactly this folder; resume it if it has checkpoints of the same config")
+    # viewer: the browser viewer (the `viewer` extra)
+    p.add_argument("--viewer", action="store_true", help='watch the run in a browser while it trains (needs pip install "dreamperp[viewer]")')
+    p.add_argument("--viewer-port", type=int, metavar="PORT", help="viewer port (default 7007; the next free one when taken; 0: any free port)")
+    p.add_argument("--viewer-host", metavar="HOST", help="address the viewer listens on (default 127.0.0.1; 0.0.0.0 for other machines)")
     p.set_defaults(func=_cmd_train)
+
+    # viewer: `dreamperp view RUN_DIR`
+    p = sub.add_parser("view", help="watch a finished run, or one training elsewhere, in a browser",
+                       description="Serve a read-only viewer page for a run folder: the scene from its newest checkpoint (reloaded when a "
+                                   "newer one appears), the exported mesh, the turntable and the logged metrics. Needs the viewer extra.")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--port", type=int, default=7007, help="port (default 7007; the next free one when taken; 0: any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for other machines)")
+    p.set_defaults(func=_cmd_view)
 
     p = sub.add_parser("batch", help="train a list of prompts (x seeds) on this machine's GPUs or a Ray cluster",
                        description="Run every (prompt, seed) of a prompt list as its own 'dreamperp train' run; running it again "

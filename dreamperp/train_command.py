@@ -20,20 +20,44 @@ from dreamperp.export.video import write_turntable
 from dreamperp.models.loading import choose_hub_model
 from dreamperp.runs.checkpoint import list_checkpoints, remove_stale_temp_files, resume_checkpoint
 from dreamperp.runs.folder import CONFIG_NAME, LOCK_NAME, METRICS_NAME, RunDir, truncate_metrics
-from dreamperp.train.loop import TrainLoop, say
+from dreamperp.train.loop import LoopHook, TrainLoop, say
 from dreamperp.train.trainer import Trainer
 
 # Keys that may be overridden when resuming; anything else would make the resumed run a different run.
 RESUME_OVERRIDABLE = ("trainer.max_steps",)
 
 
-def _fit_and_export(trainer: Trainer, run: RunDir) -> int:
+# ------------------------------------------------------------------------ --viewer (docs/viewer.md)
+ViewerFactory = Callable[[Trainer, RunDir], LoopHook]
+
+
+def viewer_from_args(args: argparse.Namespace) -> Optional[ViewerFactory]:
+    """With ``--viewer``: a function starting the viewer for a run (checked now: the extra is
+    installed, the flags are sane), else None."""
+    host, port = getattr(args, "viewer_host", None), getattr(args, "viewer_port", None)
+    if not getattr(args, "viewer", False):
+        if host is not None or port is not None:
+            raise UsageError("--viewer-port/--viewer-host only apply together with --viewer")
+        return None
+    from dreamperp.viewer import DEFAULT_PORT, require_viser
+
+    require_viser("--viewer")
+    from dreamperp.viewer.hook import ViewerHook
+    from dreamperp.viewer.page import check_listen
+
+    host, port = host or "127.0.0.1", DEFAULT_PORT if port is None else port
+    check_listen(host, port)  # a bad host or port: exit 2 before any folder exists
+    return lambda trainer, run: ViewerHook.start(trainer, run, host=host, port=port)
+
+
+def _fit_and_export(trainer: Trainer, run: RunDir, viewer: Optional[ViewerFactory] = None) -> int:
     """Train to the end; export when it finished (not when interrupted). Returns the exit code.
 
     A finished run whose export did not complete (killed while exporting: the turntable, written
     last, is missing) exports again on resume instead of saying there is nothing to do."""
     start = trainer.step
-    code = TrainLoop(trainer, run).fit()
+    hooks = [viewer(trainer, run)] if viewer is not None else []  # the server starts before training
+    code = TrainLoop(trainer, run, hooks=hooks).fit()
     cfg = trainer.cfg
     finished = code == 0 and trainer.step >= cfg.trainer.max_steps
     incomplete = not (run.export_dir / f"turntable.{cfg.export.video_format}").is_file()
@@ -96,7 +120,7 @@ def _split_resume_args(args: argparse.Namespace) -> List[str]:
     return overrides
 
 
-def _resume_run(run: RunDir, overrides: List[str], fallback: bool) -> int:
+def _resume_run(run: RunDir, overrides: List[str], fallback: bool, viewer: Optional[ViewerFactory] = None) -> int:
     """Continue ``run`` from its newest checkpoint (``--resume``, and ``--run-dir`` on a started run)."""
     with run.lock():
         cfg = run.load_config(overrides)
@@ -112,16 +136,17 @@ def _resume_run(run: RunDir, overrides: List[str], fallback: bool) -> int:
         truncate_metrics(run.metrics_path, trainer.step)
         say(f"resuming {run.root} from {ckpt_path.name} (step {trainer.step} of {cfg.trainer.max_steps})")
         remove_stale_temp_files(run.ckpt_dir)
-        return _fit_and_export(trainer, run)
+        return _fit_and_export(trainer, run, viewer)
 
 
 def train_command(args: argparse.Namespace) -> int:
     """``dreamperp train CONFIG [key=value ...] [--run-dir PATH]`` or ``dreamperp train --resume RUN_DIR [--fallback] [trainer.max_steps=N]``."""
+    viewer = viewer_from_args(args)
     if getattr(args, "run_dir", None):
-        return train_in_run_dir(args)
+        return train_in_run_dir(args, viewer)
     if args.resume:
         overrides = _split_resume_args(args)  # argument errors first, then the folder
-        return _resume_run(RunDir.open(args.resume), overrides, bool(args.fallback))
+        return _resume_run(RunDir.open(args.resume), overrides, bool(args.fallback), viewer)
     else:
         if args.fallback:
             raise UsageError("--fallback only applies together with --resume RUN_DIR")
@@ -140,7 +165,7 @@ def train_command(args: argparse.Namespace) -> int:
         run = RunDir.create(cfg)
         say(f"run folder {run.root}")
         with run.lock():
-            return _fit_and_export(trainer, run)
+            return _fit_and_export(trainer, run, viewer)
 
 
 # ----------------------------------------------------------------------- --run-dir (dreamperp batch)
@@ -156,7 +181,7 @@ def config_differences(a: Config, b: Config, ignore: Tuple[str, ...] = NOT_PART_
 RUN_DIR_CONTENT = ("ckpts", "val", "export", "tensorboard", CONFIG_NAME, METRICS_NAME, LOCK_NAME)
 
 
-def train_in_run_dir(args: argparse.Namespace) -> int:
+def train_in_run_dir(args: argparse.Namespace, viewer: Optional[ViewerFactory] = None) -> int:
     """``dreamperp train CONFIG [key=value ...] --run-dir PATH``: train the run exactly in PATH."""
     if args.resume:
         raise UsageError("give either --run-dir PATH or --resume RUN_DIR, not both")
@@ -174,7 +199,7 @@ def train_in_run_dir(args: argparse.Namespace) -> int:
         different = config_differences(saved, cfg)
         if different:
             raise UsageError(f"--run-dir '{root}' holds a different run: its config.yaml differs in {', '.join(different[:5])} (use another folder)")
-        return _resume_run(run, [f"trainer.max_steps={cfg.trainer.max_steps}"], bool(args.fallback))
+        return _resume_run(run, [f"trainer.max_steps={cfg.trainer.max_steps}"], bool(args.fallback), viewer)
     if root.is_dir() and any(p.name not in RUN_DIR_CONTENT for p in root.iterdir()):
         raise UsageError(f"--run-dir '{root}' is not empty and not a dreamperp run folder (use an empty or new folder)")
     if args.fallback:
@@ -191,4 +216,4 @@ def train_in_run_dir(args: argparse.Namespace) -> int:
         truncate_metrics(run.metrics_path, 0)  # records of a start that died before its first save
         run.write_config(cfg)
         say(f"run folder {run.root}")
-        return _fit_and_export(trainer, run)
+        return _fit_and_export(trainer, run, viewer)

@@ -25,7 +25,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("guidance", ("dreamperp.guidance",)),
     ("training", ("dreamperp.train",)),
     ("export", ("dreamperp.export",)),
-    ("commands", ("dreamperp.sample", "dreamperp.train_command", "dreamperp.doctor", "dreamperp.batch", "dreamperp.cli", "dreamperp.__main__")),
+    ("commands", (
+        "dreamperp.sample", "dreamperp.train_command", "dreamperp.doctor", "dreamperp.batch", "dreamperp.viewer", "dreamperp.cli", "dreamperp.__main__",
+    )),
 ]
 
 

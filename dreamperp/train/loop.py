@@ -6,6 +6,11 @@ to do); 1 stopped after ``trainer.max_bad_steps`` consecutive non-finite steps, 
 finishing the current step and saving a checkpoint (128 + signal number, the shell convention, so
 schedulers can tell an interrupted run from a finished one). A second Ctrl-C while stopping aborts
 at once. Usage errors (exit code 2) are raised before the loop starts.
+
+:class:`LoopHook` objects watch or steer a run from inside the loop (the browser viewer is one):
+every method runs in the training thread, between steps, so a hook can read the scene, pause the
+run or save a checkpoint without locks. A hook must not change the trained state or draw from the
+training RNG streams (render under :func:`dreamperp.device.no_rng_side_effects`).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
@@ -54,15 +59,40 @@ class StopRequest(StopSignals):
             raise KeyboardInterrupt
 
 
+# ------------------------------------------------------------------------------------------ hooks
+class LoopHook:
+    """Watches or steers a run from inside its loop; every method runs in the training thread."""
+
+    def on_start(self, loop: "TrainLoop") -> None:
+        """Before the first step of this call to :meth:`TrainLoop.fit`."""
+
+    def before_step(self, loop: "TrainLoop") -> None:
+        """Before each step; may block (pause: return early once ``loop.stopping``) or call ``loop.save()``."""
+
+    def after_step(self, loop: "TrainLoop", metrics: dict) -> None:
+        """After each step (and its logging, validation and checkpoint), with the step's metrics,
+        private ``_`` keys included (e.g. ``_cameras``)."""
+
+    def on_end(self, loop: "TrainLoop", code: int) -> None:
+        """Once when :meth:`TrainLoop.fit` ends: its exit code (1 when it raised, 130 for an abort)."""
+
+
 # ------------------------------------------------------------------------------------------- loop
 class TrainLoop:
     """Runs a :class:`Trainer` in a run folder: metrics, progress, validation, checkpoints, signals."""
 
-    def __init__(self, trainer: Trainer, run: RunDir, *, log: Callable[[str], None] = say):
+    def __init__(self, trainer: Trainer, run: RunDir, *, log: Callable[[str], None] = say, hooks: Sequence[LoopHook] = ()):
         self.trainer = trainer
         self.run = run
         self.cfg = trainer.cfg
         self.log = log
+        self.hooks = tuple(hooks)
+        self._stop: Optional[StopRequest] = None
+
+    @property
+    def stopping(self) -> bool:
+        """True once SIGINT/SIGTERM asked the run to stop (a pausing hook returns then)."""
+        return self._stop is not None and self._stop.signum is not None
 
     def save(self) -> Path:
         """Checkpoint the state after the last complete step."""
@@ -76,7 +106,7 @@ class TrainLoop:
         t = self.trainer
         rec: Dict[str, Any] = {"step": t.step}
         for key, value in metrics.items():
-            if value is None:
+            if value is None or key.startswith("_"):  # private keys are for hooks, not the log
                 continue
             if isinstance(value, torch.Tensor):
                 value = value.detach().float().item() if value.numel() == 1 else value.detach().float().cpu().tolist()
@@ -91,6 +121,18 @@ class TrainLoop:
 
     def fit(self) -> int:
         """Train to ``trainer.max_steps``. Returns the exit code (0, or 128+signal when interrupted)."""
+        code = 1  # what the hooks hear when training raises
+        try:
+            code = self._fit()
+        except KeyboardInterrupt:
+            code = 130
+            raise
+        finally:
+            for hook in self.hooks:
+                hook.on_end(self, code)
+        return code
+
+    def _fit(self) -> int:
         t, tc = self.trainer, self.cfg.trainer
         max_steps = tc.max_steps
         if t.step >= max_steps:
@@ -102,10 +144,16 @@ class TrainLoop:
 
             pbar = tqdm(total=max_steps, initial=t.step, desc="train", unit="it", dynamic_ncols=True, file=sys.stderr)
         window_start, window_steps = time.perf_counter(), 0
-        stop = StopRequest()
+        stop = self._stop = StopRequest()
         with MetricsLogger(self.run.metrics_path, tensorboard=tc.tensorboard) as metrics_log, stop:
             try:
+                for hook in self.hooks:
+                    hook.on_start(self)
                 while t.step < max_steps and stop.signum is None:
+                    for hook in self.hooks:
+                        hook.before_step(self)
+                    if stop.signum is not None:  # a signal while a hook paused the run
+                        break
                     try:
                         metrics = t.train_step()
                     except Exception as err:
@@ -137,6 +185,8 @@ class TrainLoop:
                         path = self.save()
                         if pbar is None:  # batch jobs: a sign of life in the log at every save
                             self.log(f"step {step}/{max_steps}: loss {float(metrics['loss']):.4g}, {t.skipped_steps} skipped; saved {path.name}")
+                    for hook in self.hooks:
+                        hook.after_step(self, metrics)
             finally:
                 if pbar is not None:
                     pbar.close()

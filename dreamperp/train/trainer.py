@@ -190,6 +190,13 @@ class Trainer:
         metrics["sds_grad_norm"] = info.get("grad_norm")
         metrics["shading"] = shading
         metrics["resolution"] = [h, w]
+        # For loop hooks (the viewer), not the log: where this step looked from; fov_deg is vertical.
+        metrics["_cameras"] = {
+            "azimuth_deg": cams.azimuth_deg.detach(),
+            "elevation_deg": cams.elevation_deg.detach(),
+            "c2w": cams.c2w.detach(),
+            "fov_deg": cams.fovy_deg.detach(),
+        }
         return loss, metrics
 
     def multiview_losses(self, step: int) -> Tuple[torch.Tensor, Dict[str, Any]]:
