@@ -153,9 +153,9 @@ def ray_info() -> Dict[str, Any]:
 def hub_model_facts(model_id: str) -> Optional[Dict[str, Any]]:
     """Gated or not and the download size of what dreamperp fetches, from the hub; None offline or
     on any failure (the hub is optional here)."""
-    from dreamperp.models.loading import _hub_offline
+    from dreamperp.models.loading import hub_offline
 
-    if _hub_offline():
+    if hub_offline():
         return None
     try:
         from huggingface_hub import HfApi
@@ -239,7 +239,7 @@ def model_section(cfg: Config) -> Tuple[Dict[str, Any], Optional[str]]:
         if not (path / "model_index.json").is_file():
             return {**sec, "kind": "toy", "cached": False}, f"the toy prior is missing from '{path}'"
         return {**sec, "kind": "toy", "cached": True, "path": str(path), "size_bytes": folder_bytes(path), "gated": False}, None
-    if Path(model).expanduser().exists() or loading._looks_like_path(model):
+    if Path(model).expanduser().exists() or loading.looks_like_path(model):
         folder = Path(model).expanduser()
         sec.update(kind="folder", path=str(folder))
         try:
@@ -262,7 +262,7 @@ def model_section(cfg: Config) -> Tuple[Dict[str, Any], Optional[str]]:
     if snapshot is not None:
         return {**sec, "cached": True, "path": str(snapshot), "size_bytes": folder_bytes(snapshot)}, None
     sec["cached"] = False
-    if loading._hub_offline():
+    if loading.hub_offline():
         return sec, (
             f"model '{choice.model}' is not in the Hugging Face cache and the hub is offline (HF_HUB_OFFLINE=1): fetch it once "
             f"with network access, `HF_HUB_OFFLINE=0 dreamperp doctor --fetch {choice.model}`"
@@ -443,9 +443,9 @@ def memory_section(cfg: Config, device_type: str, model_sec: Dict[str, Any], gpu
     """Estimated peak memory of one training step against the free memory of the run's device."""
     import torch
 
-    from dreamperp.models.loading import _as_dtype
+    from dreamperp.models.loading import as_dtype
 
-    dtype = _as_dtype(cfg.guidance.dtype, torch.device(device_type))
+    dtype = as_dtype(cfg.guidance.dtype, torch.device(device_type))
     parts: Dict[str, Any] = {}
     if cfg.data.type == "text" and model_sec.get("kind") != "none":
         costs = prior_costs(cfg, model_sec, dtype)
@@ -674,9 +674,9 @@ def random_tiny_encoder() -> Path:
     import torch
     from diffusers import AutoencoderTiny
 
-    from dreamperp.models.tiny import _cache_root
+    from dreamperp.models.tiny import cache_root
 
-    final = _cache_root() / RANDOM_TAESD
+    final = cache_root() / RANDOM_TAESD
     if (final / "config.json").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -827,7 +827,7 @@ def run_bench(cfg: Config, report: Dict[str, Any], steps: int, warmup: int, full
     for), and the FLOPs of the prior's work taken from the meta-device trace."""
     import torch
 
-    from dreamperp.models.loading import _as_dtype
+    from dreamperp.models.loading import as_dtype
 
     model = report.get("model") or {}
     if full_size is None:
@@ -837,7 +837,7 @@ def run_bench(cfg: Config, report: Dict[str, Any], steps: int, warmup: int, full
         model = {**model, "path": None}
     elif model.get("kind") == "hub" and model.get("cached"):
         cfg.guidance.model = model["loads"]  # a withdrawn id's successor: load it without the note
-    costs = prior_costs(cfg, model, _as_dtype(cfg.guidance.dtype, torch.device(device_type)))
+    costs = prior_costs(cfg, model, as_dtype(cfg.guidance.dtype, torch.device(device_type)))
     return bench(cfg, steps, warmup, full_size, flops=costs["flops"])
 
 
