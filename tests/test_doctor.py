@@ -14,9 +14,11 @@ from typing import Any, Dict, List
 
 import pytest
 
-from dreamperp import doctor
 from dreamperp.cli import main
 from dreamperp.config import load_config
+from dreamperp.doctor import bench, estimate, probes
+from dreamperp.doctor import model as doctor_model
+from dreamperp.doctor import report as doctor_report
 from dreamperp.scene import nerfacc_cuda
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +64,7 @@ def test_default_config_offline_without_weights_exits_2_naming_the_model_and_the
     assert f"model '{model}' is not in the Hugging Face cache" in err and f"dreamperp doctor --fetch {model}" in err
     assert f"verdict: cannot run here: model '{model}'" in out
     # The estimate used the SD 2.1-base architecture: fp32 on the CPU, UNet + VAE + text encoder.
-    report = doctor.diagnose(load_config(CONFIGS / "default.yaml", require_prompt=False), "default")
+    report = doctor_report.diagnose(load_config(CONFIGS / "default.yaml", require_prompt=False), "default")
     weights = report["memory"]["parts"]["weights"]
     assert weights == 4 * (865_910_724 + 83_653_863 + 340_387_840)  # parameter counts of SD 2.1-base
 
@@ -80,7 +82,7 @@ def test_fetch_offline_is_a_one_line_error(empty_hf_home: Path, capsys: pytest.C
     assert code == 2 and out == "" and err.count("\n") == 1 and "HF_HUB_OFFLINE=1" in err
 
 
-# Pinned: scripts and issue reports read these. Changing them means bumping doctor.SCHEMA_VERSION.
+# Pinned: scripts and issue reports read these. Changing them means bumping doctor_report.SCHEMA_VERSION.
 SCHEMA_V1 = {
     "top": ["schema", "dreamperp", "config", "python", "torch", "gpus", "device", "encoding", "nerfacc", "estimator",
             "ffmpeg", "ray", "model", "disk", "memory", "ok", "problem", "problems", "warnings"],
@@ -99,8 +101,8 @@ SCHEMA_V1 = {
 
 
 def check_schema(report: Dict[str, Any]) -> None:
-    assert report["schema"] == doctor.SCHEMA_VERSION == 1
-    assert [k for k in report if k != "bench"] == SCHEMA_V1["top"] == list(doctor.REPORT_KEYS)
+    assert report["schema"] == doctor_report.SCHEMA_VERSION == 1
+    assert [k for k in report if k != "bench"] == SCHEMA_V1["top"] == list(doctor_report.REPORT_KEYS)
     for key in ("torch", "device", "encoding", "estimator", "disk", "memory"):
         assert set(report[key]) == SCHEMA_V1[key], key
     assert set(report["model"]) - {"note", "why"} == SCHEMA_V1["model"]
@@ -108,7 +110,7 @@ def check_schema(report: Dict[str, Any]) -> None:
         assert set(gpu) == SCHEMA_V1["gpu"]
     if "bench" in report:
         assert set(report["bench"]) == SCHEMA_V1["bench"]
-        assert set(report["bench"]["stages_s"]) == set(doctor.STAGES)
+        assert set(report["bench"]["stages_s"]) == set(bench.STAGES)
 
 
 def test_bench_on_the_tiny_config_times_every_stage_with_a_stable_json_schema(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
@@ -131,11 +133,11 @@ def test_bench_on_the_tiny_config_times_every_stage_with_a_stable_json_schema(ca
 
 
 def test_physical_floor_arithmetic() -> None:
-    assert doctor.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0 and doctor.peak_tflops("NVIDIA H100 PCIe") == 756.0
-    assert doctor.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0 and doctor.peak_tflops("Some New GPU") is None
+    assert bench.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0 and bench.peak_tflops("NVIDIA H100 PCIe") == 756.0
+    assert bench.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0 and bench.peak_tflops("Some New GPU") is None
     # The default step: 4 UNet rows x 0.804 TFLOP + 2.268 TFLOP of VAE encoder = 5.484 TFLOP; at 989 TFLOP/s
     # that is 5.545 ms, so a 50 ms step (20 it/s) runs at 11.1% of the floor.
-    floor, fraction = doctor.physical_floor(4 * 0.804e12 + 2.268e12, 989.0, 0.050)
+    floor, fraction = bench.physical_floor(4 * 0.804e12 + 2.268e12, 989.0, 0.050)
     assert floor == pytest.approx(5.484 / 989, rel=1e-12) and fraction == pytest.approx(5.484 / 989 / 0.050, rel=1e-12)
     assert round(floor * 1e3, 3) == 5.545 and round(fraction, 3) == 0.111
 
@@ -148,7 +150,7 @@ def test_full_size_prior_costs_match_the_published_architecture(dtype: str, unet
     import torch
 
     cfg = load_config(CONFIGS / "default.yaml", require_prompt=False)
-    costs = doctor.prior_costs(cfg, {"path": None}, getattr(torch, dtype))
+    costs = estimate.prior_costs(cfg, {"path": None}, getattr(torch, dtype))
     assert costs["unet_rows"] == unet_rows and costs["resolution"] == 512
     assert costs["unet_bytes"] == 2 * 865_910_724 and costs["vae_bytes"] == 2 * 83_653_863
     assert costs["unet_flops"] / unet_rows == pytest.approx(0.804e12, rel=0.01)
@@ -159,8 +161,8 @@ def test_full_size_prior_costs_match_the_published_architecture(dtype: str, unet
 # --------------------------------------------------------------------------- stand-in CUDA probes
 def fake_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *, tcnn: bool, nerfacc: str, gpus: List[dict] | None = None) -> Path:
     """A CUDA machine: ``gpus``, tinycudann importable or not, nerfacc's extension in state ``nerfacc``."""
-    monkeypatch.setattr(doctor, "gpu_info", lambda: list(gpus if gpus is not None else [H100]))
-    monkeypatch.setattr(doctor, "tcnn_importable", lambda: tcnn)
+    monkeypatch.setattr(probes, "gpu_info", lambda: list(gpus if gpus is not None else [H100]))
+    monkeypatch.setattr(probes, "tcnn_importable", lambda: tcnn)
     real_find_spec = importlib.util.find_spec
     prebuilt = nerfacc == "prebuilt"
     monkeypatch.setattr(importlib.util, "find_spec",
@@ -189,7 +191,7 @@ def fake_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *, tcnn: bool,
 def test_auto_back_ends_on_a_cuda_machine(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tcnn: bool, nerfacc: str,
                                           encoding: str, estimator: str, why: str) -> None:
     build = fake_machine(monkeypatch, tmp_path, tcnn=tcnn, nerfacc=nerfacc)
-    report = doctor.diagnose(None)
+    report = doctor_report.diagnose(None)
     assert report["device"]["resolves_to"] == "cuda" and report["gpus"][0]["name"] == H100["name"]
     assert report["encoding"]["resolves_to"] == encoding
     assert ("tinycudann is importable" if tcnn else "tinycudann is not installed") in report["encoding"]["why"]
@@ -198,7 +200,7 @@ def test_auto_back_ends_on_a_cuda_machine(monkeypatch: pytest.MonkeyPatch, tmp_p
     if nerfacc == "locked":
         assert str(build) in report["estimator"]["why"]  # names the folder to delete
     assert report["ok"]
-    row = next(line for line in doctor.format_report(report).splitlines() if line.startswith("GPU 0"))
+    row = next(line for line in doctor_report.format_report(report).splitlines() if line.startswith("GPU 0"))
     assert row.split(None, 2)[2] == "NVIDIA H100 80GB HBM3, 80.00 GiB (79.00 GiB free), compute 9.0, bf16 yes, fp16 yes"
 
 
@@ -228,7 +230,7 @@ def test_too_little_gpu_memory_is_the_one_thing_to_fix(monkeypatch: pytest.Monke
 
 
 def test_device_cuda_without_a_gpu_exits_2(capsys: pytest.CaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(doctor, "gpu_info", lambda: [])
+    monkeypatch.setattr(probes, "gpu_info", lambda: [])
     code, _, err = run_doctor(capsys, str(CONFIGS / "tiny.yaml"), "device=cuda", f"output_dir={tmp_path}")
     assert code == 2 and "device=cuda but this machine has no usable CUDA device" in err
 
@@ -245,7 +247,7 @@ def online_hub(monkeypatch: pytest.MonkeyPatch, facts: Dict[str, Any]) -> None:
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(doctor, "hub_model_facts", lambda model_id: dict(facts))
+    monkeypatch.setattr(doctor_model, "hub_model_facts", lambda model_id: dict(facts))
 
 
 def test_online_model_not_cached_reports_gated_and_download_size(empty_hf_home: Path, monkeypatch: pytest.MonkeyPatch,

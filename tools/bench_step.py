@@ -1,5 +1,5 @@
 """Time the training step of a config, stage by stage, and print a table: ``dreamperp doctor --bench``
-without the machine report (one implementation, in dreamperp/doctor.py).
+without the machine report (one implementation, in dreamperp/doctor/bench.py).
 
     python tools/bench_step.py configs/tiny.yaml                      # CPU, the tiny offline model
     python tools/bench_step.py configs/default.yaml --full-size       # SD 2.1-base architecture, random weights
@@ -27,7 +27,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the CLI does
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dreamperp.config import load_config  # noqa: E402
-from dreamperp.doctor import bench_config, diagnose, format_bench, run_bench  # noqa: E402
+from dreamperp.doctor.bench import bench_config, format_bench, run_bench  # noqa: E402
+from dreamperp.doctor.report import diagnose  # noqa: E402
 from dreamperp.errors import DreamperpError  # noqa: E402
 
 

