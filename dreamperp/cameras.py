@@ -16,7 +16,13 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from dreamperp.config import VIEW_NAMES, DataConfig
+from dreamperp.config import (
+    BACK_MIN_AZIMUTH_DEG,
+    FRONT_MAX_AZIMUTH_DEG,
+    OVERHEAD_THRESHOLD_DEG,
+    VIEW_NAMES,
+    DataConfig,
+)
 
 FIXED_VIEW_NAMES = VIEW_NAMES  # column order of validation grids
 OVERHEAD_ELEVATION = 75.0  # above Perp-Neg's 60° overhead threshold
@@ -87,6 +93,19 @@ class CameraBatch:
 def wrap_azimuth(azimuth_deg: Tensor) -> Tensor:
     """Wrap degrees to (-180, 180]."""
     return 180.0 - torch.remainder(180.0 - azimuth_deg, 360.0)
+
+
+def view_index(azimuth_deg: Tensor, elevation_deg: Optional[Tensor] = None, overhead_threshold: float = OVERHEAD_THRESHOLD_DEG) -> Tensor:
+    """The view rule, index into ``VIEW_NAMES`` per camera, ``[B]`` long: overhead where elevation >
+    ``overhead_threshold``, else by the wrapped |azimuth|: front below 45°, back above 135°, side
+    between (both bounds included). Compares in the angles' own float dtype."""
+    az = torch.as_tensor(azimuth_deg).reshape(-1)
+    az = wrap_azimuth(az if az.is_floating_point() else az.float()).abs()
+    idx = torch.where(az < FRONT_MAX_AZIMUTH_DEG, 0, torch.where(az > BACK_MIN_AZIMUTH_DEG, 2, 1)).long()
+    if elevation_deg is not None:
+        high = torch.as_tensor(elevation_deg, device=az.device).reshape(-1) > overhead_threshold
+        idx = torch.where(high, 3, idx)
+    return idx
 
 
 def spherical_to_cartesian(elevation_deg: Tensor, azimuth_deg: Tensor, radius: Tensor) -> Tensor:

@@ -17,7 +17,7 @@ from typing import Any, List, Sequence
 
 import numpy as np
 
-from dreamperp.config import Config, SampleConfig, load_config
+from dreamperp.config import Config, SampleConfig, check_prompt, load_config
 from dreamperp.errors import ConfigError, UsageError
 from dreamperp.images import make_grid, to_uint8
 
@@ -72,12 +72,7 @@ def view_weights(cfg: Config, batch: int) -> tuple[Any, Any]:
     """``(pos_mix, neg_weights)`` ``[batch, 4]`` on the CPU for ``sample.view``/``sample.azimuth``, or (None, None)."""
     import torch
 
-    from dreamperp.guidance.views import (
-        named_view_mix,
-        nearest_view_mix,
-        perpneg_params,
-        perpneg_weights,
-    )
+    from dreamperp.guidance.views import named_view_mix, view_mix
 
     s, pn = cfg.sample, cfg.guidance.perp_neg
     if s.view:
@@ -85,9 +80,7 @@ def view_weights(cfg: Config, batch: int) -> tuple[Any, Any]:
     if s.azimuth is not None:
         az = torch.full((batch,), float(s.azimuth))
         el = torch.full((batch,), float(s.elevation))
-        if pn.enabled:
-            return perpneg_weights(az, el, **perpneg_params(pn))
-        return nearest_view_mix(az, el, pn.overhead_threshold)
+        return view_mix(pn, az, el)  # a requested azimuth is view-conditioned even without view_dependent
     return None, None
 
 
@@ -217,8 +210,7 @@ def write_images(images: np.ndarray, out_dir: Path) -> List[Path]:
 def sample_command(args: argparse.Namespace) -> int:
     """``dreamperp sample CONFIG [key=value ...] --out DIR``."""
     cfg = load_config(args.config, rewrite_shorthand(args.overrides or []))
-    if not cfg.prompt.strip():
-        raise ConfigError("prompt", 'is required: pass prompt="a photo of a corgi" or set it in the config file')
+    check_prompt(cfg.prompt)
     scheduler_class(cfg.sample.scheduler)  # fail on a bad name before loading the model
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():

@@ -19,8 +19,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from dreamperp.config import GuidanceConfig
-from dreamperp.errors import ConfigError
+from dreamperp.config import GuidanceConfig, check_concepts, check_prompt
 from dreamperp.guidance.backends import DiffusionBackend
 from dreamperp.guidance.perpneg import perpneg_guidance
 from dreamperp.guidance.sds import (
@@ -31,13 +30,7 @@ from dreamperp.guidance.sds import (
     timestep_bounds,
 )
 from dreamperp.guidance.sega import sega_guidance
-from dreamperp.guidance.views import (
-    NEGATIVE_VIEWS,
-    nearest_view_mix,
-    perpneg_params,
-    perpneg_weights,
-    view_prompts,
-)
+from dreamperp.guidance.views import NEGATIVE_VIEWS, view_mix, view_prompts
 
 
 class GuidedScore:
@@ -55,11 +48,8 @@ class GuidedScore:
     @staticmethod
     def check_inputs(cfg: GuidanceConfig, prompt: str) -> None:
         """ConfigError for an empty prompt or SEGA concept (cheap: call it before loading weights)."""
-        if not str(prompt).strip():
-            raise ConfigError("prompt", 'is required: pass prompt="a photo of a corgi" or set it in the config file')
-        for i, concept in enumerate(cfg.sega.concepts):
-            if not str(concept.prompt).strip():
-                raise ConfigError(f"guidance.sega.concepts.{i}.prompt", "is required: every SEGA concept needs a prompt")
+        check_prompt(prompt)
+        check_concepts(cfg.sega.concepts)
 
     def __init__(self, backend: DiffusionBackend, cfg: GuidanceConfig, prompt: str, negative_prompt: str = "") -> None:
         self.check_inputs(cfg, prompt)
@@ -102,14 +92,7 @@ class GuidedScore:
         Perp-Neg on: the schedule of ``perp_neg``. Off: the nearest view prompt and no negatives
         when ``view_dependent``, else ``(None, None)`` (the plain prompt).
         """
-        if azimuth_deg is None:
-            return None, None
-        pn = self.cfg.perp_neg
-        if pn.enabled:
-            return perpneg_weights(azimuth_deg, elevation_deg, **perpneg_params(pn))
-        if self.cfg.view_dependent:
-            return nearest_view_mix(azimuth_deg, elevation_deg, pn.overhead_threshold)
-        return None, None
+        return view_mix(self.cfg.perp_neg, azimuth_deg, elevation_deg, view_dependent=self.cfg.view_dependent)
 
     # ---------------------------------------------------------------------------- guided UNet
     def guided_prediction(
