@@ -30,6 +30,7 @@ from dreamperp.device import no_rng_side_effects, resolve_device
 from dreamperp.files import atomic_write_bytes
 from dreamperp.images import labeled_grid, png_bytes, to_uint8
 from dreamperp.runs.checkpoint import rng_state, set_rng_state
+from dreamperp.scene.objectives import photometric, regularisers, weighted_sum
 
 
 def seed_everything(seed: int) -> None:
@@ -146,14 +147,10 @@ class Trainer:
         ramp = self.cfg.loss.ramp_steps
         return 1.0 if ramp <= 0 else min(1.0, step / ramp)
 
-    def regularisers(self, out: Dict[str, torch.Tensor], step: int) -> torch.Tensor | float:
-        """Weighted orientation, sparsity and opacity-entropy terms of a render at ``step``."""
+    def regulariser_weights(self, step: int) -> Dict[str, float]:
+        """``lambda_x`` of each regulariser at ``step`` (ramped by :meth:`regulariser_scale`)."""
         lc, reg = self.cfg.loss, self.regulariser_scale(step)
-        total: torch.Tensor | float = 0.0
-        for name, weight in (("orient", lc.lambda_orient), ("sparsity", lc.lambda_sparsity), ("opacity_entropy", lc.lambda_opacity_entropy)):
-            if weight > 0 and reg > 0:
-                total = total + (weight * reg) * out[name]
-        return total
+        return {"orient": lc.lambda_orient * reg, "sparsity": lc.lambda_sparsity * reg, "opacity_entropy": lc.lambda_opacity_entropy * reg}
 
     # ---------------------------------------------------------------------------------- steps
     def text_losses(self, step: int) -> Tuple[torch.Tensor, Dict[str, Any]]:
@@ -163,7 +160,7 @@ class Trainer:
             sample_cameras,
             sample_light_positions,
         )
-        from dreamperp.scene import choose_shading, render
+        from dreamperp.scene import choose_shading, render_rays
 
         cfg, lc = self.cfg, self.cfg.loss
         h, w = self.resolution(step)
@@ -172,18 +169,14 @@ class Trainer:
         shading = choose_shading(step, cfg.render)
         light = sample_light_positions(cams, cfg.render.light_distance_range) if shading != "albedo" else None
         need_normals = lc.lambda_orient > 0 and self.regulariser_scale(step) > 0  # render adds them for lit shading
-        out = render(self.scene, rays_o, rays_d, shading=shading, light_pos=light, train=True, need_normals=need_normals)
+        out = render_rays(self.scene, rays_o, rays_d, shading=shading, light_pos=light, train=True, need_normals=need_normals)
+        regs = regularisers(out)
         images = out["rgb"].permute(0, 3, 1, 2)  # [B, 3, H, W]
         assert self.prior is not None
         # CPU angles let the prior drop negative views whose weight is zero for the whole batch.
         loss_sds, info = self.prior.sds(images, cams.azimuth_deg.cpu(), cams.elevation_deg.cpu(), step)
-        terms = {
-            "loss_sds": loss_sds,
-            "loss_orient": out["orient"],
-            "loss_sparsity": out["sparsity"],
-            "loss_opacity_entropy": out["opacity_entropy"],
-        }
-        loss = lc.lambda_sds * loss_sds + self.regularisers(out, step)
+        terms = {"loss_sds": loss_sds, **regs}
+        loss = weighted_sum({"loss_sds": loss_sds}, {"sds": lc.lambda_sds}) + weighted_sum(regs, self.regulariser_weights(step), skip_zero=True)
         metrics: Dict[str, Any] = dict(terms)
         metrics["t"] = info["t"].float().mean()
         metrics["t_max"] = info.get("t_max")
@@ -194,19 +187,19 @@ class Trainer:
 
     def multiview_losses(self, step: int) -> Tuple[torch.Tensor, Dict[str, Any]]:
         """Photometric MSE on random dataset rays + opacity-vs-alpha MSE."""
-        from dreamperp.scene import render
+        from dreamperp.scene import render_rays
 
         cfg, lc = self.cfg, self.cfg.loss
         assert self.dataset is not None
         batch = self.dataset.sample_rays(cfg.data.rays_per_step, background=cfg.data.background, device=self.device)
-        out = render(
+        out = render_rays(
             self.scene, batch.rays_o, batch.rays_d, shading="albedo", bg_color=batch.bg_color, train=True, need_normals=lc.lambda_orient > 0
         )
-        loss_rgb = torch.mean((out["rgb"] - batch.rgb) ** 2)  # targets are already composited on bg_color
-        loss_alpha = torch.mean((out["opacity"] - batch.alpha) ** 2)
-        loss = lc.lambda_rgb * loss_rgb + lc.lambda_alpha * loss_alpha + self.regularisers(out, step)
-        psnr = -10.0 * torch.log10(loss_rgb.detach().clamp_min(1e-10))
-        return loss, {"loss_rgb": loss_rgb, "loss_alpha": loss_alpha, "psnr": psnr}
+        regs = regularisers(out)
+        terms = photometric(out, batch.rgb, batch.alpha)  # targets are already composited on bg_color
+        loss = weighted_sum(terms, {"rgb": lc.lambda_rgb, "alpha": lc.lambda_alpha}) + weighted_sum(regs, self.regulariser_weights(step), skip_zero=True)
+        psnr = -10.0 * torch.log10(terms["loss_rgb"].detach().clamp_min(1e-10))
+        return loss, {**terms, "psnr": psnr}
 
     def train_step(self) -> Dict[str, Any]:
         """Run step ``self.step``: loss, backward, and an optimizer update unless the loss or a
