@@ -23,6 +23,7 @@ from dreamperp.config import (
     VIEW_NAMES,
     DataConfig,
 )
+from dreamperp.plan import azimuth_range_at, front_share_at, front_window
 
 FIXED_VIEW_NAMES = VIEW_NAMES  # column order of validation grids
 OVERHEAD_ELEVATION = 75.0  # above Perp-Neg's 60° overhead threshold
@@ -175,35 +176,13 @@ def _uniform(n: int, lo_hi: Sequence[float], generator: Optional[torch.Generator
     return lo + (hi - lo) * torch.rand(n, generator=generator)
 
 
-def azimuth_range_at(data: DataConfig, step: Optional[int] = None) -> tuple[float, float]:
-    """Training azimuth range ``(lo, hi)`` in degrees at optimisation ``step`` (None: ``data.azimuth_range``).
-
-    With ``data.front_first_steps = [hold, full]`` the range is ``±front_first_deg`` until ``hold``
-    and its half width grows linearly to 180° at ``full``, always clipped to ``data.azimuth_range``.
-    """
-    lo, hi = float(data.azimuth_range[0]), float(data.azimuth_range[1])
-    hold, full = (int(v) for v in data.front_first_steps)
-    if step is None or full <= 0 or step >= full:
-        return lo, hi
-    start = float(data.front_first_deg)
-    progress = 0.0 if step < hold else (step - hold) / float(full - hold)  # here hold <= step < full
-    window = _front_window(data, start + (180.0 - start) * progress)
-    return window if window is not None else (lo, hi)  # a range that misses the front keeps its own
-
-
-def _front_window(data: DataConfig, half: float) -> Optional[tuple[float, float]]:
-    """``[−half, half]`` clipped to ``data.azimuth_range``, or None when that range misses it."""
-    a, b = max(float(data.azimuth_range[0]), -half), min(float(data.azimuth_range[1]), half)
-    return (a, b) if a <= b else None
-
-
-def _front_share(azimuth: Tensor, data: DataConfig, generator: Optional[torch.Generator]) -> Tensor:
-    """``azimuth [B]`` with each camera, with probability ``data.front_share``, redrawn uniformly within
+def _front_share(azimuth: Tensor, data: DataConfig, share: float, generator: Optional[torch.Generator]) -> Tensor:
+    """``azimuth [B]`` with each camera, with probability ``share``, redrawn uniformly within
     ``±front_share_deg`` of the front (clipped to ``data.azimuth_range``; unchanged if that misses the front)."""
     n = azimuth.shape[0]
-    pick = torch.rand(n, generator=generator) < float(data.front_share)
+    pick = torch.rand(n, generator=generator) < float(share)
     front = torch.rand(n, generator=generator)
-    window = _front_window(data, float(data.front_share_deg))
+    window = front_window(data, float(data.front_share_deg))
     if window is None:
         return azimuth
     a, b = window
@@ -218,22 +197,27 @@ def sample_cameras(
     device: torch.device | str | None = None,
     generator: Optional[torch.Generator] = None,
     step: Optional[int] = None,
+    *,
+    azimuth_range: Optional[Tuple[float, float]] = None,
+    front_share: Optional[float] = None,
 ) -> CameraBatch:
     """Random training cameras looking at the origin.
 
     Azimuth is stratified over the batch: camera i draws uniformly from the i-th of ``batch_size``
-    equal slices of the azimuth range (``data.azimuth_range``, narrowed at ``step`` by the
-    front-first schedule: :func:`azimuth_range_at`), so a batch always spreads around the object;
-    after the front-first steps a ``data.front_share`` of them is redrawn in the front sector;
+    equal slices of the azimuth range (``azimuth_range``; default ``data.azimuth_range`` narrowed at
+    ``step`` by the front-first schedule, :func:`dreamperp.plan.azimuth_range_at`), so a batch always
+    spreads around the object; a ``front_share`` of them (default: the plan's share at ``step``) is
+    redrawn in the front sector;
     elevation, radius and vertical fov are uniform in ``data.elevation_range``, ``radius_range``,
     ``fov_range``. Draws happen on the CPU from torch's global RNG (or ``generator``), so runs are
     reproducible across devices.
     """
-    lo, hi = azimuth_range_at(data, step)
+    lo, hi = azimuth_range if azimuth_range is not None else azimuth_range_at(data, step)
+    share = front_share if front_share is not None else front_share_at(data, step)
     strata = (torch.arange(batch_size, dtype=torch.float32) + torch.rand(batch_size, generator=generator)) / batch_size
     azimuth = lo + (hi - lo) * strata
-    if data.front_share > 0 and (step is None or step >= int(data.front_first_steps[1])):
-        azimuth = _front_share(azimuth, data, generator)
+    if share > 0:
+        azimuth = _front_share(azimuth, data, share, generator)
     elevation = _uniform(batch_size, data.elevation_range, generator)
     radius = _uniform(batch_size, data.radius_range, generator)
     fovy = _uniform(batch_size, data.fov_range, generator)

@@ -17,6 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dreamperp"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("shared helpers", ("dreamperp", "dreamperp.errors", "dreamperp.device", "dreamperp.files", "dreamperp.images", "dreamperp.signals")),
     ("config", ("dreamperp.config",)),
+    ("step plan", ("dreamperp.plan",)),
     ("cameras and datasets", ("dreamperp.cameras", "dreamperp.multiview")),
     ("toy world", ("dreamperp.toy",)),
     ("diffusion weights", ("dreamperp.models",)),

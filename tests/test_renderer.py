@@ -12,12 +12,12 @@ from torch import nn
 from dreamperp.cameras import camera_rays, orbit_cameras
 from dreamperp.config import Config, RenderConfig
 from dreamperp.errors import UsageError
+from dreamperp.plan import choose_shading
 from dreamperp.scene import (
     Background,
     Field,
     FieldBase,
     Scene,
-    choose_shading,
     ray_sphere,
     render,
     render_chunked,

@@ -10,7 +10,6 @@ from dreamperp.scene.encoding import HashGridEncoding, TorchHashGrid
 from dreamperp.scene.field import Field
 from dreamperp.scene.renderer import (
     SHADING_MODES,
-    choose_shading,
     ray_sphere,
     render,
     render_chunked,
@@ -26,7 +25,6 @@ __all__ = [
     "TorchHashGrid",
     "SHADING_MODES",
     "Scene",
-    "choose_shading",
     "pin_encoding",
     "ray_sphere",
     "render",

@@ -37,7 +37,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamperp.config import RenderConfig
 from dreamperp.scene.objectives import regularisers
 from dreamperp.scene.scene import Scene
 
@@ -45,14 +44,6 @@ SHADING_MODES = ("albedo", "lambertian", "textureless")
 
 
 # -------------------------------------------------------------------------------------- rendering
-def choose_shading(step: int, render_cfg: RenderConfig) -> str:
-    """Training shading for ``step``: albedo during warm-up, then textureless with probability
-    ``textureless_prob``, else lambertian (one draw from torch's RNG after warm-up)."""
-    if step < render_cfg.albedo_warmup_steps:
-        return "albedo"
-    return "textureless" if float(torch.rand(())) < render_cfg.textureless_prob else "lambertian"
-
-
 def _per_ray(value: Optional[Tensor], lead: torch.Size, device: torch.device) -> Optional[Tensor]:
     """A colour/position given as [3], [B, 3] (one per view, B = lead[0]) or [*lead, 3] → [*lead, 3]."""
     if value is None:

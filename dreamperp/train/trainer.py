@@ -29,6 +29,7 @@ from dreamperp.config import Config, TrainerConfig, to_yaml
 from dreamperp.device import no_rng_side_effects, resolve_device
 from dreamperp.files import atomic_write_bytes
 from dreamperp.images import labeled_grid, png_bytes, to_uint8
+from dreamperp.plan import StepPlan, choose_shading, plan_step, render_size
 from dreamperp.runs.checkpoint import rng_state, set_rng_state
 from dreamperp.scene.objectives import photometric, regularisers, weighted_sum
 
@@ -136,56 +137,50 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ schedules
     def resolution(self, step: int) -> Tuple[int, int]:
-        """(height, width) of training renders at ``step``."""
-        d = self.cfg.data
-        if d.upscale_step >= 0 and step >= d.upscale_step:
-            return d.upscale_height, d.upscale_width
-        return d.height, d.width
-
-    def regulariser_scale(self, step: int) -> float:
-        """Factor in [0, 1] on the regulariser weights: a linear ramp over ``loss.ramp_steps``."""
-        ramp = self.cfg.loss.ramp_steps
-        return 1.0 if ramp <= 0 else min(1.0, step / ramp)
-
-    def regulariser_weights(self, step: int) -> Dict[str, float]:
-        """``lambda_x`` of each regulariser at ``step`` (ramped by :meth:`regulariser_scale`)."""
-        lc, reg = self.cfg.loss, self.regulariser_scale(step)
-        return {"orient": lc.lambda_orient * reg, "sparsity": lc.lambda_sparsity * reg, "opacity_entropy": lc.lambda_opacity_entropy * reg}
+        """(height, width) of training renders at ``step`` (the step plan's)."""
+        return render_size(self.cfg.data, step)
 
     # ---------------------------------------------------------------------------------- steps
-    def text_losses(self, step: int) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    def text_losses(self, plan: StepPlan) -> Tuple[torch.Tensor, Dict[str, Any]]:
         """SDS + regularisers for one batch of random views. Returns (loss, metrics as tensors/values)."""
         from dreamperp.cameras import (
             camera_rays,
             sample_cameras,
             sample_light_positions,
         )
-        from dreamperp.scene import choose_shading, render_rays
+        from dreamperp.scene import render_rays
 
-        cfg, lc = self.cfg, self.cfg.loss
-        h, w = self.resolution(step)
-        cams = sample_cameras(cfg.data, cfg.data.batch_size, h, w, self.device, step=step)
+        cfg, step = self.cfg, plan.step
+        h, w = plan.height, plan.width
+        cams = sample_cameras(
+            cfg.data, cfg.data.batch_size, h, w, self.device, azimuth_range=plan.azimuth_range, front_share=plan.front_share
+        )
         rays_o, rays_d = camera_rays(cams)
-        shading = choose_shading(step, cfg.render)
+        shading = "albedo" if plan.albedo_only else choose_shading(step, cfg.render)
         light = sample_light_positions(cams, cfg.render.light_distance_range) if shading != "albedo" else None
-        need_normals = lc.lambda_orient > 0 and self.regulariser_scale(step) > 0  # render adds them for lit shading
-        out = render_rays(self.scene, rays_o, rays_d, shading=shading, light_pos=light, train=True, need_normals=need_normals)
+        out = render_rays(self.scene, rays_o, rays_d, shading=shading, light_pos=light, train=True, need_normals=plan.need_normals)
         regs = regularisers(out)
         images = out["rgb"].permute(0, 3, 1, 2)  # [B, 3, H, W]
         assert self.prior is not None
         # CPU angles let the prior drop negative views whose weight is zero for the whole batch.
         loss_sds, info = self.prior.sds(images, cams.azimuth_deg.cpu(), cams.elevation_deg.cpu(), step)
         terms = {"loss_sds": loss_sds, **regs}
-        loss = weighted_sum({"loss_sds": loss_sds}, {"sds": lc.lambda_sds}) + weighted_sum(regs, self.regulariser_weights(step), skip_zero=True)
+        loss = weighted_sum({"loss_sds": loss_sds}, plan.weights) + weighted_sum(regs, plan.weights, skip_zero=True)
         metrics: Dict[str, Any] = dict(terms)
         metrics["t"] = info["t"].float().mean()
         metrics["t_max"] = info.get("t_max")
         metrics["sds_grad_norm"] = info.get("grad_norm")
         metrics["shading"] = shading
         metrics["resolution"] = [h, w]
+        metrics["_cameras"] = {
+            "azimuth_deg": cams.azimuth_deg.detach(),
+            "elevation_deg": cams.elevation_deg.detach(),
+            "c2w": cams.c2w.detach(),
+            "fov_deg": cams.fovy_deg.detach(),
+        }
         return loss, metrics
 
-    def multiview_losses(self, step: int) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    def multiview_losses(self, plan: StepPlan) -> Tuple[torch.Tensor, Dict[str, Any]]:
         """Photometric MSE on random dataset rays + opacity-vs-alpha MSE."""
         from dreamperp.scene import render_rays
 
@@ -197,7 +192,7 @@ class Trainer:
         )
         regs = regularisers(out)
         terms = photometric(out, batch.rgb, batch.alpha)  # targets are already composited on bg_color
-        loss = weighted_sum(terms, {"rgb": lc.lambda_rgb, "alpha": lc.lambda_alpha}) + weighted_sum(regs, self.regulariser_weights(step), skip_zero=True)
+        loss = weighted_sum(terms, plan.weights) + weighted_sum(regs, plan.weights, skip_zero=True)
         psnr = -10.0 * torch.log10(terms["loss_rgb"].detach().clamp_min(1e-10))
         return loss, {**terms, "psnr": psnr}
 
@@ -212,9 +207,10 @@ class Trainer:
         keep the one host sync of the finite check.
         """
         step = self.step
+        plan = plan_step(self.cfg, step)  # everything the config decides about this step
         self.scene.train()
         losses = self.text_losses if self.mode == "text" else self.multiview_losses
-        loss, metrics = losses(step)
+        loss, metrics = losses(plan)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -243,7 +239,8 @@ class Trainer:
                 self.bad_in_row += 1
             self._sanitize_prior_state()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scene.update_occupancy(step)
+        if plan.refresh_occupancy:
+            self.scene.update_occupancy(step)
         self.step = step + 1
         metrics.update(loss=loss.detach(), grad_norm=grad_norm.detach(), skipped=skipped)
         return metrics
