@@ -246,13 +246,15 @@ class Trainer:
         return metrics
 
     def _sanitize_prior_state(self) -> None:
-        """After a non-finite step, drop SEGA momentum that may have picked up the bad values."""
+        """After a non-finite step, drop guidance state (SEGA momentum) that may have picked up the bad values."""
+        from dreamperp.guidance.score import finite_state
+
         if self.prior is None:
             return
         state = self.prior.state_dict()
-        m = state.get("sega_momentum") if isinstance(state, dict) else None
-        if m is not None and not bool(torch.isfinite(m).all()):
-            self.prior.load_state_dict({**state, "sega_momentum": None})
+        clean = finite_state(state) if isinstance(state, dict) else state
+        if clean is not state:
+            self.prior.load_state_dict(clean)
 
     # ---------------------------------------------------------------------------- validation
     def validation_grid(self) -> np.ndarray:
