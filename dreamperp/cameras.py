@@ -96,7 +96,9 @@ def wrap_azimuth(azimuth_deg: Tensor) -> Tensor:
     return 180.0 - torch.remainder(180.0 - azimuth_deg, 360.0)
 
 
-def view_index(azimuth_deg: Tensor, elevation_deg: Optional[Tensor] = None, overhead_threshold: float = OVERHEAD_THRESHOLD_DEG) -> Tensor:
+def view_index(
+    azimuth_deg: Tensor, elevation_deg: Optional[Tensor] = None, overhead_threshold: float = OVERHEAD_THRESHOLD_DEG
+) -> Tensor:
     """The view rule, index into ``VIEW_NAMES`` per camera, ``[B]`` long: overhead where elevation >
     ``overhead_threshold``, else by the wrapped |azimuth|: front below 45°, back above 135°, side
     between (both bounds included). Compares in the angles' own float dtype."""
@@ -145,7 +147,9 @@ def look_at(eye: Tensor, target: Optional[Tensor] = None, up: Sequence[float] = 
     up_t = torch.tensor(list(up), dtype=eye.dtype, device=eye.device).expand_as(eye)
     right = torch.cross(up_t, back, dim=-1)
     # Looking along the up axis: any right vector perpendicular to it will do.
-    fallback = torch.cross(torch.tensor([0.0, 1.0, 0.0], dtype=eye.dtype, device=eye.device).expand_as(eye), back, dim=-1)
+    fallback = torch.cross(
+        torch.tensor([0.0, 1.0, 0.0], dtype=eye.dtype, device=eye.device).expand_as(eye), back, dim=-1
+    )
     right = torch.where(right.norm(dim=-1, keepdim=True) < 1e-6, fallback, right)
     right = torch.nn.functional.normalize(right, dim=-1)
     return _c2w_from_axes(right, torch.cross(back, right, dim=-1), back, eye)
@@ -235,7 +239,9 @@ def orbit_cameras(
 ) -> CameraBatch:
     """``n`` cameras on a turntable: azimuths ``360·i/n`` for i = 0..n-1 (starts at the front, no repeated 0/360)."""
     azimuth = torch.arange(n, dtype=torch.float32) * (360.0 / n)
-    return make_cameras(_full(n, elevation_deg, None), azimuth, _full(n, radius, None), _full(n, fovy_deg, None), height, width).to(device or "cpu")
+    return make_cameras(
+        _full(n, elevation_deg, None), azimuth, _full(n, radius, None), _full(n, fovy_deg, None), height, width
+    ).to(device or "cpu")
 
 
 def fixed_views(data: DataConfig, height: int, width: int, device: torch.device | str | None = None) -> CameraBatch:
@@ -244,11 +250,18 @@ def fixed_views(data: DataConfig, height: int, width: int, device: torch.device 
     azimuth = torch.tensor([0.0, 90.0, 180.0, 0.0])
     e = float(data.eval_elevation)
     elevation = torch.tensor([e, e, e, OVERHEAD_ELEVATION])
-    return make_cameras(elevation, azimuth, _full(4, data.eval_radius, None), _full(4, data.eval_fov, None), height, width).to(device or "cpu")
+    return make_cameras(
+        elevation, azimuth, _full(4, data.eval_radius, None), _full(4, data.eval_fov, None), height, width
+    ).to(device or "cpu")
 
 
 def cameras_from_c2w(
-    c2w: Tensor, height: int, width: int, *, fovx_deg: Optional[float | Tensor] = None, fovy_deg: Optional[float | Tensor] = None
+    c2w: Tensor,
+    height: int,
+    width: int,
+    *,
+    fovx_deg: Optional[float | Tensor] = None,
+    fovy_deg: Optional[float | Tensor] = None,
 ) -> CameraBatch:
     """Cameras from given OpenGL camera-to-world matrices ``[N, 4, 4]`` (e.g. a transforms.json).
 
@@ -312,7 +325,9 @@ def sample_light_positions(
     b = len(cams)
     noise = torch.randn(b, 3, generator=generator).to(cams.device)
     scale = _uniform(b, distance_range, generator).to(cams.device)
-    direction = torch.nn.functional.normalize(cams.position / cams.radius[:, None].clamp_min(1e-12) + 0.5 * noise, dim=-1)
+    direction = torch.nn.functional.normalize(
+        cams.position / cams.radius[:, None].clamp_min(1e-12) + 0.5 * noise, dim=-1
+    )
     return direction * (cams.radius * scale)[:, None]
 
 

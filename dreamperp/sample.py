@@ -19,7 +19,8 @@ import numpy as np
 
 from dreamperp.config import Config, SampleConfig, check_prompt, load_config
 from dreamperp.errors import ConfigError, UsageError
-from dreamperp.images import make_grid, to_uint8
+from dreamperp.files import atomic_write_bytes
+from dreamperp.images import make_grid, png_bytes, to_uint8
 
 #: Keys of the ``sample`` section that may be given without the ``sample.`` prefix.
 SHORTHAND_KEYS = tuple(f.name for f in fields(SampleConfig))
@@ -188,9 +189,8 @@ def denoise(
 
 
 def write_images(images: np.ndarray, out_dir: Path) -> List[Path]:
-    """Write ``0000.png, 0001.png, ...`` (and ``grid.png`` when several) into ``out_dir``."""
-    from PIL import Image
-
+    """Write ``0000.png, 0001.png, ...`` (and ``grid.png`` when several) into ``out_dir``, each
+    atomically (an interrupted run leaves no half-written PNG)."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -201,7 +201,7 @@ def write_images(images: np.ndarray, out_dir: Path) -> List[Path]:
         named.append((out_dir / "grid.png", make_grid(pixels)))
     for path, img in named:
         try:
-            Image.fromarray(img).save(path)
+            atomic_write_bytes(path, png_bytes(img))
         except OSError as err:
             raise UsageError(f"cannot write '{path}': {err.strerror or err}") from None
     return [path for path, _ in named]

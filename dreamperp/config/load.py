@@ -46,12 +46,17 @@ def _suggest(full_key: str) -> str:
     keys = _all_keys()
     # Compare the last component among siblings first, then whole keys (catches a wrong section).
     parent = generic.rsplit(".", 1)[0] + "." if "." in generic else ""
-    siblings = [k for k in keys if k.startswith(parent) and "." not in k[len(parent):]]
-    match = difflib.get_close_matches(generic, siblings, n=1, cutoff=0.6) or difflib.get_close_matches(generic, keys, n=1, cutoff=0.6)
+    siblings = [k for k in keys if k.startswith(parent) and "." not in k[len(parent) :]]
+    match = difflib.get_close_matches(generic, siblings, n=1, cutoff=0.6) or difflib.get_close_matches(
+        generic, keys, n=1, cutoff=0.6
+    )
     if not match:
         tail = generic.rsplit(".", 1)[-1]
         match = [k for k in keys if k.rsplit(".", 1)[-1] == tail][:1] or [
-            k for k in keys if k.rsplit(".", 1)[-1] in difflib.get_close_matches(tail, [x.rsplit(".", 1)[-1] for x in keys], n=1, cutoff=0.75)
+            k
+            for k in keys
+            if k.rsplit(".", 1)[-1]
+            in difflib.get_close_matches(tail, [x.rsplit(".", 1)[-1] for x in keys], n=1, cutoff=0.75)
         ][:1]
     if not match:
         return ""
@@ -70,7 +75,11 @@ def _field_type_name(full_key: str) -> str:
         if part.isdigit():
             # An item of a list field: a SegaConcept, or an element of List[float] / List[str].
             inner = re.fullmatch(r"(?:typing\.)?List\[(\w+)\]", str(ftype or ""))
-            node, ftype = (SegaConcept, "SegaConcept") if inner is None or inner.group(1) == "SegaConcept" else (None, inner.group(1))
+            node, ftype = (
+                (SegaConcept, "SegaConcept")
+                if inner is None or inner.group(1) == "SegaConcept"
+                else (None, inner.group(1))
+            )
             continue
         by_name = {f.name: f for f in fields(node)} if is_dataclass(node) else {}
         if part not in by_name:
@@ -107,7 +116,10 @@ def _check_list_indices(merged: Any, key: str) -> None:
         parent = ".".join(parts[:i])
         node = OmegaConf.select(merged, parent, default=None)
         if isinstance(node, ListConfig) and int(part) >= len(node):
-            raise ConfigError(key, f"'{parent}' has {len(node)} item(s), so index {part} does not exist; set the whole list instead, e.g. {parent}=[...]")
+            raise ConfigError(
+                key,
+                f"'{parent}' has {len(node)} item(s), so index {part} does not exist; set the whole list instead, e.g. {parent}=[...]",
+            )
 
 
 def _apply_overrides(merged: Any, overrides: Sequence[str]) -> Any:
@@ -120,7 +132,9 @@ def _apply_overrides(merged: Any, overrides: Sequence[str]) -> Any:
         try:
             value = OmegaConf.from_dotlist([f"value={text}"])["value"]  # YAML value grammar, as OmegaConf parses it
         except (OmegaConfBaseException, yaml.YAMLError) as err:
-            raise UsageError(f"could not parse the value of override '{item}': {_yaml_problem(err)} (quote it, e.g. {key}='\"...\"')") from None
+            raise UsageError(
+                f"could not parse the value of override '{item}': {_yaml_problem(err)} (quote it, e.g. {key}='\"...\"')"
+            ) from None
         _check_list_indices(merged, key)
         try:
             OmegaConf.update(merged, key, value, merge=True)
@@ -167,9 +181,15 @@ def _check_sections(node: dict, cls: type, origin: str, prefix: str = "") -> Non
             continue
         value = node[f.name]
         if value is None:
-            raise ConfigError(f"{prefix}{f.name}", f"is an empty section in {origin}: give it indented key: value lines below, or delete the line")
+            raise ConfigError(
+                f"{prefix}{f.name}",
+                f"is an empty section in {origin}: give it indented key: value lines below, or delete the line",
+            )
         if not isinstance(value, dict):
-            raise ConfigError(f"{prefix}{f.name}", f"is a section and needs indented key: value lines below it in {origin}, not {value!r}")
+            raise ConfigError(
+                f"{prefix}{f.name}",
+                f"is a section and needs indented key: value lines below it in {origin}, not {value!r}",
+            )
         _check_sections(value, type(default), origin, f"{prefix}{f.name}.")
 
 
@@ -195,7 +215,10 @@ def config_chain(path: Path) -> List[Tuple[Path, DictConfig]]:
         if base is None:
             return chain[::-1]
         if not isinstance(base, str) or not base.strip():
-            raise ConfigError(BASE_KEY, f"must be the file name of the config that '{current}' extends, e.g. base: toy.yaml, not {base!r}")
+            raise ConfigError(
+                BASE_KEY,
+                f"must be the file name of the config that '{current}' extends, e.g. base: toy.yaml, not {base!r}",
+            )
         parent = current.parent / Path(base).expanduser()  # an absolute path replaces the folder
         if not parent.is_file():
             raise UsageError(f"config file '{current}' extends '{parent}' (base: {base}), which does not exist")
@@ -224,6 +247,7 @@ def load_config(path: Optional[str | Path], overrides: Sequence[str] = (), *, re
         raise _wrap_omegaconf_error(err, "the config") from None
     validate(cfg, require_prompt=require_prompt)
     return cfg
+
 
 def to_yaml(cfg: Config) -> str:
     """The resolved config as YAML (what is saved in a run folder)."""

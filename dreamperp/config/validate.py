@@ -95,7 +95,9 @@ def validate(cfg: Config, *, require_prompt: bool = True) -> None:
             raise ConfigError(f"guidance.perp_neg.{name}", "must be three numbers [a, b, c] of a*exp(-b*r)+c")
     check_concepts(g.sega.concepts)
     if len(cfg.scene.background_color) != 3 or not all(0 <= c <= 1 for c in cfg.scene.background_color):
-        raise ConfigError("scene.background_color", f"must be three numbers in [0, 1], got {list(cfg.scene.background_color)}")
+        raise ConfigError(
+            "scene.background_color", f"must be three numbers in [0, 1], got {list(cfg.scene.background_color)}"
+        )
     if cfg.scene.max_resolution < cfg.scene.base_resolution:
         raise ConfigError("scene.max_resolution", "must be >= scene.base_resolution")
     if len(cfg.trainer.betas) != 2 or not all(0 <= b < 1 for b in cfg.trainer.betas):

@@ -68,7 +68,9 @@ class GuidedScore:
         self.emb_views = backend.encode_text(view_prompts(prompt))  # [4, L, D]
         # The view mix is formed in at least fp32 (fp16 sums of mixed embeddings lose the small weights).
         self.emb_views_mix = self.emb_views.to(torch.promote_types(self.dtype, torch.float32))
-        self.emb_concepts = backend.encode_text([c.prompt for c in self.concepts]) if self.concepts else None  # [C, L, D]
+        self.emb_concepts = (
+            backend.encode_text([c.prompt for c in self.concepts]) if self.concepts else None
+        )  # [C, L, D]
         backend.release_text_encoder()
 
         # What guided_prediction calls: the UNet, or its torch.compile'd version (tests may wrap it).
@@ -151,7 +153,9 @@ class GuidedScore:
                 sega = self.cfg.sega
                 if momentum is not None and momentum.shape != eps_u.shape:
                     momentum = None  # batch size changed: start the momentum afresh
-                gamma, momentum = sega_guidance(eps_u, eps[2 + k :], self.concepts, step, momentum, sega.momentum_scale, sega.momentum_beta)
+                gamma, momentum = sega_guidance(
+                    eps_u, eps[2 + k :], self.concepts, step, momentum, sega.momentum_scale, sega.momentum_beta
+                )
                 if gamma is not None:
                     guidance = guidance + gamma
             return eps_u + guidance, momentum
@@ -200,7 +204,9 @@ class GuidedScore:
         """:meth:`sds` from the clean model input ``[B, C, h, w]`` (latents, or pixels in [-1, 1]);
         ``t`` [B] and ``noise`` default to fresh samples (torch's global RNG). ``return_terms`` adds
         ``eps_hat``, ``noise`` and ``grad`` to ``info``."""
-        loss, info, self._state = self._sds(latents, azimuth_deg, elevation_deg, step, self._state, t=t, noise=noise, return_terms=return_terms)
+        loss, info, self._state = self._sds(
+            latents, azimuth_deg, elevation_deg, step, self._state, t=t, noise=noise, return_terms=return_terms
+        )
         return loss, info
 
     def _sds(

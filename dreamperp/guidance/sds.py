@@ -10,7 +10,12 @@ from dreamperp.plan import annealed
 
 
 def timestep_bounds(
-    t_min: float, t_max: float, num_train_timesteps: int, step: int = 0, t_max_final: Optional[float] = None, t_anneal_steps: int = 0
+    t_min: float,
+    t_max: float,
+    num_train_timesteps: int,
+    step: int = 0,
+    t_max_final: Optional[float] = None,
+    t_anneal_steps: int = 0,
 ) -> tuple[int, int]:
     """Inclusive integer range ``[lo, hi]`` of SDS timesteps at optimisation ``step``.
 
@@ -24,7 +29,9 @@ def timestep_bounds(
     return lo, hi
 
 
-def sample_timesteps(batch: int, lo: int, hi: int, device: torch.device | str, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def sample_timesteps(
+    batch: int, lo: int, hi: int, device: torch.device | str, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
     """``t ~ U{lo, ..., hi}`` per sample, ``[batch]`` long on ``device`` (torch's global RNG by default)."""
     return torch.randint(lo, hi + 1, (batch,), device=device, generator=generator, dtype=torch.long)
 

@@ -60,7 +60,9 @@ def perpneg_weights(
     azimuth's device; rows of ``pos_mix`` sum to 1 and ``neg_weights >= 0``.
     """
     if schedule not in SCHEDULES:
-        raise UsageError(f"unknown Perp-Neg schedule {schedule!r}: use 'threestudio' or 'stable-dreamfusion' (guidance.perp_neg.schedule)")
+        raise UsageError(
+            f"unknown Perp-Neg schedule {schedule!r}: use 'threestudio' or 'stable-dreamfusion' (guidance.perp_neg.schedule)"
+        )
     az = wrap_azimuth(torch.as_tensor(azimuth_deg).float().reshape(-1)).abs()
     B = az.shape[0]
     zeros = torch.zeros_like(az)
@@ -91,7 +93,9 @@ def perpneg_weights(
     neg_weights = torch.stack([front_w, side_w, zeros, zeros], dim=1).clamp_min(0.0)
 
     if schedule == "threestudio" and elevation_deg is not None:
-        overhead = (torch.as_tensor(elevation_deg, device=az.device).float().reshape(-1) > overhead_threshold).unsqueeze(1)
+        overhead = (
+            torch.as_tensor(elevation_deg, device=az.device).float().reshape(-1) > overhead_threshold
+        ).unsqueeze(1)
         one_hot = torch.zeros(B, 4, device=az.device)
         one_hot[:, OVERHEAD] = 1.0
         pos_mix = torch.where(overhead, one_hot, pos_mix)
@@ -115,7 +119,9 @@ def perpneg_params(perp_neg: Any) -> Dict[str, Any]:
 
 
 def nearest_view(
-    azimuth_deg: torch.Tensor, elevation_deg: Optional[torch.Tensor] = None, overhead_threshold: float = OVERHEAD_THRESHOLD_DEG
+    azimuth_deg: torch.Tensor,
+    elevation_deg: Optional[torch.Tensor] = None,
+    overhead_threshold: float = OVERHEAD_THRESHOLD_DEG,
 ) -> torch.Tensor:
     """Index of the nearest view per sample, ``[B]`` long, by the cameras' view rule
     (:func:`dreamperp.cameras.view_index`: front for |a| < 45, back for |a| > 135, else side;
@@ -126,7 +132,9 @@ def nearest_view(
 
 
 def nearest_view_mix(
-    azimuth_deg: torch.Tensor, elevation_deg: Optional[torch.Tensor] = None, overhead_threshold: float = OVERHEAD_THRESHOLD_DEG
+    azimuth_deg: torch.Tensor,
+    elevation_deg: Optional[torch.Tensor] = None,
+    overhead_threshold: float = OVERHEAD_THRESHOLD_DEG,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain view-dependent prompting as ``(pos_mix [B, 4] one-hot, neg_weights [B, 4] zeros)``."""
     idx = nearest_view(azimuth_deg, elevation_deg, overhead_threshold)
@@ -135,7 +143,11 @@ def nearest_view_mix(
 
 
 def view_mix(
-    perp_neg: Any, azimuth_deg: Optional[torch.Tensor], elevation_deg: Optional[torch.Tensor] = None, *, view_dependent: bool = True
+    perp_neg: Any,
+    azimuth_deg: Optional[torch.Tensor],
+    elevation_deg: Optional[torch.Tensor] = None,
+    *,
+    view_dependent: bool = True,
 ) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """``(pos_mix [B, 4], neg_weights [B, 4])`` for cameras at these angles, on the azimuth's device.
 
@@ -152,7 +164,9 @@ def view_mix(
     return None, None
 
 
-def named_view_mix(view: str, batch: int, perp_neg: Any, elevation_deg: float = 0.0, use_perp_neg: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def named_view_mix(
+    view: str, batch: int, perp_neg: Any, elevation_deg: float = 0.0, use_perp_neg: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(pos_mix, neg_weights)`` for a named view (front/side/back/overhead), ``[batch, 4]`` each.
 
     'overhead' is always the overhead prompt with no negatives (the stable-dreamfusion schedule has
@@ -170,4 +184,3 @@ def named_view_mix(view: str, batch: int, perp_neg: Any, elevation_deg: float = 
     if not use_perp_neg:
         return nearest_view_mix(az, el, perp_neg.overhead_threshold)
     return perpneg_weights(az, el, **perpneg_params(perp_neg))
-

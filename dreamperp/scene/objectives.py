@@ -51,7 +51,7 @@ def weighted_sum(losses: Mapping[str, Tensor], weights: Mapping[str, float], *, 
     whose weight is 0 (regularisers that are off cost nothing and cannot spread a NaN)."""
     total: Any = 0.0
     for name, value in losses.items():
-        weight = weights.get(name[len("loss_"):] if name.startswith("loss_") else name)
+        weight = weights.get(name[len("loss_") :] if name.startswith("loss_") else name)
         if weight is None or (skip_zero and weight == 0):
             continue
         total = total + weight * value

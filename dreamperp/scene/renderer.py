@@ -140,7 +140,7 @@ def render(scene: Scene, rays_o: Tensor, rays_d: Tensor, **kwargs) -> Dict[str, 
     that want a render and its regulariser values together (tests, tools). Training weights the
     ``loss_*`` dict of the objectives by name instead."""
     out = render_rays(scene, rays_o, rays_d, **kwargs)
-    out.update({name[len("loss_"):]: value for name, value in regularisers(out).items()})
+    out.update({name[len("loss_") :]: value for name, value in regularisers(out).items()})
     return out
 
 
@@ -163,7 +163,9 @@ def _dense_samples(scene: Scene, o: Tensor, d: Tensor, near: Tensor, far: Tensor
     weights, _, _ = render_weight_from_density(t0, t1, sigma)
     # Keep a sample unless it is among the lowest-weight ones of its ray summing to <= skip_weight.
     low_first, order = weights.detach().sort(-1)
-    keep = torch.zeros_like(weights, dtype=torch.bool).scatter_(-1, order, low_first.cumsum(-1) > scene.render_cfg.skip_weight)
+    keep = torch.zeros_like(weights, dtype=torch.bool).scatter_(
+        -1, order, low_first.cumsum(-1) > scene.render_cfg.skip_weight
+    )
     return {
         "x": x,
         "h": h,

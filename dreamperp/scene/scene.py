@@ -40,10 +40,14 @@ def resolve_estimator(estimator: str, device: torch.device) -> str:
         return "dense"
     if estimator == "occgrid":
         if device.type != "cuda":
-            raise UsageError("render.estimator=occgrid needs CUDA (nerfacc's marching kernels); use render.estimator=dense or auto on CPU")
+            raise UsageError(
+                "render.estimator=occgrid needs CUDA (nerfacc's marching kernels); use render.estimator=dense or auto on CPU"
+            )
         ok, why = nerfacc_cuda_status()
         if not ok:
-            raise UsageError(f"render.estimator=occgrid but {why}; install a CUDA toolkit (nvcc) or use render.estimator=auto")
+            raise UsageError(
+                f"render.estimator=occgrid but {why}; install a CUDA toolkit (nvcc) or use render.estimator=auto"
+            )
     return estimator
 
 
@@ -142,7 +146,10 @@ class Scene(nn.Module):
             return self.field.density(x)[:, None] * step_size  # ≈ opacity of one marching step
 
         self.estimator.update_every_n_steps(
-            step=step, occ_eval_fn=occ_eval_fn, occ_thre=self.render_cfg.occ_threshold, n=self.render_cfg.occ_update_every
+            step=step,
+            occ_eval_fn=occ_eval_fn,
+            occ_thre=self.render_cfg.occ_threshold,
+            n=self.render_cfg.occ_update_every,
         )
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]

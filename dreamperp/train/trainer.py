@@ -88,7 +88,9 @@ class Trainer:
             if dataset is None:
                 dataset = load_dataset(cfg)
             self.dataset = dataset
-        self.scaler = grad_scaler_for(tr, self.device, getattr(self.prior, "dtype", None)) if self.prior is not None else None
+        self.scaler = (
+            grad_scaler_for(tr, self.device, getattr(self.prior, "dtype", None)) if self.prior is not None else None
+        )
         self.step = 0
         self.skipped_steps = 0  # bad steps: non-finite loss or gradient, no update
         self.scaler_skips = 0  # steps the GradScaler skipped (fp16 overflow at a scale > 1), no update
@@ -118,7 +120,11 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "prior": self.prior.state_dict() if self.prior is not None else None,
             "rng": rng_state(),
-            "trainer": {"skipped_steps": self.skipped_steps, "scaler_skips": self.scaler_skips, "bad_in_row": self.bad_in_row},
+            "trainer": {
+                "skipped_steps": self.skipped_steps,
+                "scaler_skips": self.scaler_skips,
+                "bad_in_row": self.bad_in_row,
+            },
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -153,12 +159,20 @@ class Trainer:
         cfg, step = self.cfg, plan.step
         h, w = plan.height, plan.width
         cams = sample_cameras(
-            cfg.data, cfg.data.batch_size, h, w, self.device, azimuth_range=plan.azimuth_range, front_share=plan.front_share
+            cfg.data,
+            cfg.data.batch_size,
+            h,
+            w,
+            self.device,
+            azimuth_range=plan.azimuth_range,
+            front_share=plan.front_share,
         )
         rays_o, rays_d = camera_rays(cams)
         shading = "albedo" if plan.albedo_only else choose_shading(step, cfg.render)
         light = sample_light_positions(cams, cfg.render.light_distance_range) if shading != "albedo" else None
-        out = render_rays(self.scene, rays_o, rays_d, shading=shading, light_pos=light, train=True, need_normals=plan.need_normals)
+        out = render_rays(
+            self.scene, rays_o, rays_d, shading=shading, light_pos=light, train=True, need_normals=plan.need_normals
+        )
         regs = regularisers(out)
         images = out["rgb"].permute(0, 3, 1, 2)  # [B, 3, H, W]
         assert self.prior is not None
@@ -188,7 +202,13 @@ class Trainer:
         assert self.dataset is not None
         batch = self.dataset.sample_rays(cfg.data.rays_per_step, background=cfg.data.background, device=self.device)
         out = render_rays(
-            self.scene, batch.rays_o, batch.rays_d, shading="albedo", bg_color=batch.bg_color, train=True, need_normals=lc.lambda_orient > 0
+            self.scene,
+            batch.rays_o,
+            batch.rays_d,
+            shading="albedo",
+            bg_color=batch.bg_color,
+            train=True,
+            need_normals=lc.lambda_orient > 0,
         )
         regs = regularisers(out)
         terms = photometric(out, batch.rgb, batch.alpha)  # targets are already composited on bg_color
@@ -218,7 +238,7 @@ class Trainer:
         else:
             loss.backward()
         grads = [p.grad for p in self.params if p.grad is not None]
-        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros((), device=self.device)
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)  # public API
         finite_loss = torch.isfinite(loss.detach())
         skipped = not bool(finite_loss & torch.isfinite(grad_norm))  # one host sync per step
         if not skipped:
@@ -231,7 +251,12 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.update()  # halves the scale when unscale_ found inf/NaN gradients
         if skipped:
-            dropped = self.scaler is not None and scale_before is not None and scale_before > 1.0 and self.scaler.get_scale() < scale_before
+            dropped = (
+                self.scaler is not None
+                and scale_before is not None
+                and scale_before > 1.0
+                and self.scaler.get_scale() < scale_before
+            )
             if dropped and bool(finite_loss):  # an overflow the scale explains
                 self.scaler_skips += 1
             else:
