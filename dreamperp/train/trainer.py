@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from dreamperp.config import Config, TrainerConfig, to_yaml
-from dreamperp.device import no_rng_side_effects, resolve_device
+from dreamperp.device import resolve_device
 from dreamperp.files import atomic_write_bytes
 from dreamperp.images import labeled_grid, png_bytes, to_uint8
 from dreamperp.plan import StepPlan, choose_shading, plan_step, render_size
@@ -284,21 +284,10 @@ class Trainer:
     # ---------------------------------------------------------------------------- validation
     def validation_grid(self) -> np.ndarray:
         """uint8 image: columns front, side, back, overhead; rows rgb | normals | opacity (with labels)."""
-        from dreamperp.cameras import FIXED_VIEW_NAMES, camera_rays, fixed_views
-        from dreamperp.multiview import eval_background
-        from dreamperp.scene import render_chunked
+        from dreamperp.cameras import FIXED_VIEW_NAMES
+        from dreamperp.train.validation import render_fixed_views
 
-        size = self.cfg.trainer.val_size
-        cams = fixed_views(self.cfg.data, size, size, self.device)
-        rays_o, rays_d = camera_rays(cams)
-        was_training = self.scene.training
-        self.scene.eval()
-        try:
-            with no_rng_side_effects(self.device):
-                bg = eval_background(self.cfg, self.device)
-                out = render_chunked(self.scene, rays_o, rays_d, shading="albedo", bg_color=bg, need_normals=True)
-        finally:
-            self.scene.train(was_training)
+        out = render_fixed_views(self.scene, self.cfg, self.cfg.trainer.val_size, self.device)
         opacity = out["opacity"].clamp(0, 1)
         normal = (out["normal"] * 0.5 + 0.5) * opacity + (1.0 - opacity)  # white where empty
         rows = [out["rgb"].clamp(0, 1), normal.clamp(0, 1), opacity.expand(-1, -1, -1, 3)]
