@@ -59,3 +59,28 @@ def test_train_step_returns_the_cameras_it_trained_on() -> None:
     radius = cams["c2w"][:, :3, 3].norm(dim=-1)
     assert torch.allclose(cams["c2w"][:, 2, 3], radius * torch.sin(torch.deg2rad(cams["elevation_deg"])), atol=1e-5)
     assert not any(t.requires_grad for t in cams.values())
+
+
+def test_run_views_are_the_validation_grids_rgb_row(tmp_path) -> None:
+    """The batch contact sheet's tiles (train.validation.run_views, rendered from the run's newest
+    checkpoint) are exactly the rgb tiles of the run's validation grid at that step."""
+    from pathlib import Path
+
+    from dreamperp.images import to_uint8
+    from dreamperp.runs.checkpoint import save_checkpoint
+    from dreamperp.runs.folder import RunDir
+    from dreamperp.train.trainer import Trainer
+    from dreamperp.train.validation import render_fixed_views, run_views
+
+    toy = Path(__file__).resolve().parents[1] / "configs" / "toy.yaml"
+    cfg = load_config(toy, [f"output_dir={tmp_path}", "data.width=16", "data.height=16", "render.num_samples=8", "scene.levels=2",
+                            "trainer.val_size=16"])
+    trainer = Trainer(cfg, "cpu")
+    trainer.train_step()
+    run = RunDir.create(cfg)
+    assert run_views(run.root) is None  # no checkpoint yet
+    save_checkpoint(run.ckpt_dir, trainer.state_dict(), keep=1)
+    grid_rgb = to_uint8(render_fixed_views(trainer.scene, cfg, 16, torch.device("cpu"))["rgb"].clamp(0, 1))
+    views = run_views(run.root)
+    assert views is not None and views.shape == (4, 16, 16, 3) and views.dtype == grid_rgb.dtype
+    assert (views.astype(int) - grid_rgb.astype(int)).__abs__().max() <= 1  # same renders (a rounding step at most)
