@@ -29,7 +29,9 @@ class BatchStop(StopSignals):
 
     def on_signal(self, signum: int, first: bool) -> None:
         if first:
-            say(f"{signal.Signals(signum).name}: stopping; running jobs save a checkpoint (run the batch again to resume)")
+            say(
+                f"{signal.Signals(signum).name}: stopping; running jobs save a checkpoint (run the batch again to resume)"
+            )
 
 
 class Batch:
@@ -66,8 +68,14 @@ class Batch:
         lines = []
         for job in self.jobs:
             rec = self.records.get(job.name) or {
-                "job": job.name, "line": job.line, "prompt": job.prompt, "seed": job.seed, "overrides": job.overrides, "status": "pending",
-                "run_dir": job.run_dir, "log": job.log_path,
+                "job": job.name,
+                "line": job.line,
+                "prompt": job.prompt,
+                "seed": job.seed,
+                "overrides": job.overrides,
+                "status": "pending",
+                "run_dir": job.run_dir,
+                "log": job.log_path,
             }
             lines.append(json.dumps(rec))
         atomic_write_text(self.out / "batch.jsonl", "".join(line + "\n" for line in lines))
@@ -85,7 +93,9 @@ class Batch:
             else:
                 todo.append(job)
         if len(todo) < len(self.jobs):
-            say(f"{len(self.jobs) - len(todo)} of {len(self.jobs)} jobs already finished in {self.out}; not starting them again")
+            say(
+                f"{len(self.jobs) - len(todo)} of {len(self.jobs)} jobs already finished in {self.out}; not starting them again"
+            )
         self.write_jsonl()
         with self.stop:
             if todo:
@@ -96,7 +106,9 @@ class Batch:
         self.write_jsonl()
         write_summary(self.out / "summary.csv", [self.records.get(j.name) for j in self.jobs])
         write_contact_sheet(self.out / "contact-sheet.png", self.jobs, self.records)
-        say(f"{self.progress.count()}; {self.out / 'batch.jsonl'}, {self.out / 'summary.csv'}, {self.out / 'contact-sheet.png'}")
+        say(
+            f"{self.progress.count()}; {self.out / 'batch.jsonl'}, {self.out / 'summary.csv'}, {self.out / 'contact-sheet.png'}"
+        )
         if self.stop.signum is not None:
             return 128 + int(self.stop.signum)
         return 0 if all(self.records.get(j.name, {}).get("status") == "finished" for j in self.jobs) else 1
@@ -105,6 +117,7 @@ class Batch:
 @contextlib.contextmanager
 def batch_lock(out: Path) -> Iterator[None]:
     """One driver per batch folder at a time (the OS drops the lock when the driver dies)."""
+
     def busy(owner: str) -> str:
         return f"batch folder '{out}' is being run by another 'dreamperp batch' (pid {owner}); wait for it or stop it first"
 
@@ -126,13 +139,19 @@ def batch_command(args: argparse.Namespace) -> int:
             check_reachable(args.address)
     elif args.address is not None:
         raise UsageError("--address only applies with --engine ray")
-    for flag, value, minimum in (("--parallel", args.parallel, 1), ("--cpus-per-run", args.cpus_per_run, 1), ("--max-retries", args.max_retries, 0)):
+    for flag, value, minimum in (
+        ("--parallel", args.parallel, 1),
+        ("--cpus-per-run", args.cpus_per_run, 1),
+        ("--max-retries", args.max_retries, 0),
+    ):
         if value is not None and value < minimum:
             raise UsageError(f"{flag} must be >= {minimum}, got {value}")
     if args.gpus_per_run < 0:
         raise UsageError(f"--gpus-per-run must be >= 0, got {args.gpus_per_run:g}")
     if args.engine == "local" and args.gpus_per_run != int(args.gpus_per_run):
-        raise UsageError(f"--gpus-per-run {args.gpus_per_run:g}: the local engine gives whole GPUs to a run (fractions need --engine ray)")
+        raise UsageError(
+            f"--gpus-per-run {args.gpus_per_run:g}: the local engine gives whole GPUs to a run (fractions need --engine ray)"
+        )
     overrides = list(args.overrides or [])
     seeds = parse_seeds(args.seeds)
     out = Path(args.out).expanduser() if args.out else default_out(args.config, args.prompts, overrides)

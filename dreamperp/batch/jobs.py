@@ -46,7 +46,9 @@ def job_key(cfg: Config) -> str:
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
-def plan_jobs(config: str, prompts_file: str, overrides: Sequence[str], seeds: Optional[List[int]], out: Path) -> List[Job]:
+def plan_jobs(
+    config: str, prompts_file: str, overrides: Sequence[str], seeds: Optional[List[int]], out: Path
+) -> List[Job]:
     """Every job of the batch, each config loaded and validated; nothing is written. UsageError naming
     the prompt file's line for a job whose config is bad."""
     items = read_prompts(prompts_file)
@@ -70,12 +72,24 @@ def plan_jobs(config: str, prompts_file: str, overrides: Sequence[str], seeds: O
                 )
             seen[name] = item.line
             run_dir = out / RUNS_DIR / name
-            jobs.append(Job(
-                index=len(jobs), name=name, prompt=item.prompt, seed=cfg.seed, line=item.line, overrides=[*overrides, *item.overrides],
-                argv=[config_abs, *extra, "--run-dir", str(run_dir)], run_dir=str(run_dir),
-                log_path=str(out / JOBS_DIR / f"{name}.log"), attempts_path=str(out / JOBS_DIR / f"{name}.attempts.jsonl"),
-                max_steps=cfg.trainer.max_steps, val_size=cfg.trainer.val_size, needs_gpu=cfg.device != "cpu",
-                export_formats=list(cfg.export.formats) if cfg.trainer.video_at_end else [],
-                video_file=f"turntable.{cfg.export.video_format}" if cfg.trainer.video_at_end else None, cwd=os.getcwd(),
-            ))
+            jobs.append(
+                Job(
+                    index=len(jobs),
+                    name=name,
+                    prompt=item.prompt,
+                    seed=cfg.seed,
+                    line=item.line,
+                    overrides=[*overrides, *item.overrides],
+                    argv=[config_abs, *extra, "--run-dir", str(run_dir)],
+                    run_dir=str(run_dir),
+                    log_path=str(out / JOBS_DIR / f"{name}.log"),
+                    attempts_path=str(out / JOBS_DIR / f"{name}.attempts.jsonl"),
+                    max_steps=cfg.trainer.max_steps,
+                    val_size=cfg.trainer.val_size,
+                    needs_gpu=cfg.device != "cpu",
+                    export_formats=list(cfg.export.formats) if cfg.trainer.video_at_end else [],
+                    video_file=f"turntable.{cfg.export.video_format}" if cfg.trainer.video_at_end else None,
+                    cwd=os.getcwd(),
+                )
+            )
     return jobs

@@ -48,7 +48,7 @@ class LocalEngine:
         per_run = int(args.gpus_per_run)
         self.slots: List[Optional[str]] = []
         if per_run > 0 and len(gpus) >= per_run and any(j.needs_gpu for j in batch.jobs):
-            self.slots = [",".join(gpus[i:i + per_run]) for i in range(0, len(gpus) - per_run + 1, per_run)]
+            self.slots = [",".join(gpus[i : i + per_run]) for i in range(0, len(gpus) - per_run + 1, per_run)]
         self.parallel = args.parallel or max(1, len(self.slots))
         if self.slots:
             self.parallel = min(self.parallel, len(self.slots))

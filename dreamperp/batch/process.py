@@ -98,17 +98,33 @@ class Attempt:
         self.log_offset = log_path.stat().st_size if log_path.is_file() else 0
         self.started = time.monotonic()
         with open(log_path, "ab") as log:
-            log.write(f"=== attempt {self.number} of batch {batch_id} on {socket.gethostname()} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+            log.write(
+                f"=== attempt {self.number} of batch {batch_id} on {socket.gethostname()} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode()
+            )
             log.flush()
             full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "dreamperp", "train", *job.argv], stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=full_env, start_new_session=True, preexec_fn=_die_with_parent(), cwd=job.cwd if os.path.isdir(job.cwd) else None,
+                [sys.executable, "-m", "dreamperp", "train", *job.argv],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=full_env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent(),
+                cwd=job.cwd if os.path.isdir(job.cwd) else None,
             )
-        _append_line(Path(job.attempts_path), {
-            "batch": batch_id, "attempt": self.number, "host": socket.gethostname(), "pid": os.getpid(), "train_pid": self.proc.pid,
-            "time": time.time(), "cuda_visible_devices": full_env.get("CUDA_VISIBLE_DEVICES"),
-        })
+        _append_line(
+            Path(job.attempts_path),
+            {
+                "batch": batch_id,
+                "attempt": self.number,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "train_pid": self.proc.pid,
+                "time": time.time(),
+                "cuda_visible_devices": full_env.get("CUDA_VISIBLE_DEVICES"),
+            },
+        )
 
     def poll(self) -> Optional[int]:
         return self.proc.poll()
@@ -147,7 +163,7 @@ class Attempt:
             lines = []
         for ln in reversed(lines):
             if ln.startswith("dreamperp train: error: "):
-                return ln[len("dreamperp train: error: "):]
+                return ln[len("dreamperp train: error: ") :]
         return (lines[-1][:300] if lines else f"exited with code {rc}") + f" (exit code {rc}; see {self.job.log_path})"
 
 
@@ -166,10 +182,23 @@ def job_outcome(job: Job, rc: int, error: Optional[str], attempts: int, seconds:
     video = export / job.video_file if job.video_file else None
     status = "finished" if rc == 0 else ("interrupted" if rc in RETRY_SIGNALS else "failed")
     return {
-        "job": job.name, "line": job.line, "prompt": job.prompt, "seed": job.seed, "overrides": job.overrides, "status": status,
-        "exit_code": rc, "error": error, "attempts": attempts, "seconds": round(seconds, 2), "max_steps": job.max_steps,
-        "final_metrics": metrics, "mesh": meshes[0] if meshes else None, "meshes": meshes,
-        "video": str(video) if video is not None and video.is_file() else None, "run_dir": job.run_dir, "log": job.log_path,
+        "job": job.name,
+        "line": job.line,
+        "prompt": job.prompt,
+        "seed": job.seed,
+        "overrides": job.overrides,
+        "status": status,
+        "exit_code": rc,
+        "error": error,
+        "attempts": attempts,
+        "seconds": round(seconds, 2),
+        "max_steps": job.max_steps,
+        "final_metrics": metrics,
+        "mesh": meshes[0] if meshes else None,
+        "meshes": meshes,
+        "video": str(video) if video is not None and video.is_file() else None,
+        "run_dir": job.run_dir,
+        "log": job.log_path,
         "host": socket.gethostname(),
     }
 

@@ -41,7 +41,9 @@ def read_prompts(path: str | os.PathLike) -> List[PromptItem]:
     list of prompts or ``{prompt: ..., overrides: {key: value}}`` mappings. UsageError naming the line."""
     p = Path(path)
     if p.is_dir():
-        raise UsageError(f"prompt file '{p}' is a folder: pass a .txt or .yaml prompt list (e.g. assets/prompts/gallery.txt)")
+        raise UsageError(
+            f"prompt file '{p}' is a folder: pass a .txt or .yaml prompt list (e.g. assets/prompts/gallery.txt)"
+        )
     if not p.is_file():
         raise UsageError(f"prompt file '{p}' does not exist (e.g. assets/prompts/gallery.txt)")
     try:
@@ -63,7 +65,9 @@ def read_prompts(path: str | os.PathLike) -> List[PromptItem]:
         if data is None:
             data = []
         if not isinstance(data, list):
-            raise UsageError(f"prompt file '{p}' must be a YAML list (lines starting with '- '), not a {type(data).__name__}")
+            raise UsageError(
+                f"prompt file '{p}' must be a YAML list (lines starting with '- '), not a {type(data).__name__}"
+            )
         for raw, sub in zip(data, node.value):
             line = sub.start_mark.line + 1
             where = f"prompt file '{p}' line {line}"
@@ -72,13 +76,17 @@ def read_prompts(path: str | os.PathLike) -> List[PromptItem]:
             elif isinstance(raw, dict):
                 unknown = sorted(set(map(str, raw)) - {"prompt", "overrides"})
                 if unknown:
-                    raise UsageError(f"{where}: unknown field '{unknown[0]}' (an item has 'prompt' and optional 'overrides')")
+                    raise UsageError(
+                        f"{where}: unknown field '{unknown[0]}' (an item has 'prompt' and optional 'overrides')"
+                    )
                 prompt = raw.get("prompt")
                 if not isinstance(prompt, str):
                     raise UsageError(f"{where}: an item needs 'prompt: <text>', got {raw!r}")
                 overrides = _item_overrides(raw.get("overrides"), where)
             else:
-                raise UsageError(f"{where}: an item must be a prompt or a mapping with 'prompt' (and 'overrides'), got {raw!r}")
+                raise UsageError(
+                    f"{where}: an item must be a prompt or a mapping with 'prompt' (and 'overrides'), got {raw!r}"
+                )
             if not prompt.strip():
                 raise UsageError(f"{where}: the prompt is empty")
             items.append(PromptItem(prompt.strip(), overrides, line))

@@ -32,7 +32,7 @@ def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
     """UsageError unless a TCP connection to ``host:port`` (or ``ray://host:port``) opens within ``timeout``."""
     if address == "auto":
         return
-    hostport = address[len("ray://"):] if address.startswith("ray://") else address
+    hostport = address[len("ray://") :] if address.startswith("ray://") else address
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit():
         raise UsageError(f"--address '{address}': use auto, HOST:PORT (e.g. 10.0.0.1:6379) or ray://HOST:PORT")
@@ -66,7 +66,10 @@ class RayEngine:
 
         def give_up() -> None:  # ray.init can wait on a half-open cluster for minutes
             if not done.wait(CONNECT_TIMEOUT_S * 2):
-                os.write(saved, f"dreamperp batch: error: no answer from the Ray cluster at {where} within {CONNECT_TIMEOUT_S * 2:.0f} s\n".encode())
+                os.write(
+                    saved,
+                    f"dreamperp batch: error: no answer from the Ray cluster at {where} within {CONNECT_TIMEOUT_S * 2:.0f} s\n".encode(),
+                )
                 os._exit(2)
 
         threading.Thread(target=give_up, daemon=True).start()
@@ -77,7 +80,11 @@ class RayEngine:
             sys.stderr.flush()
             os.dup2(captured.fileno(), 2)
             try:
-                kwargs: Dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING, "configure_logging": True}
+                kwargs: Dict[str, Any] = {
+                    "log_to_driver": False,
+                    "logging_level": logging.WARNING,
+                    "configure_logging": True,
+                }
                 if address is None:
                     kwargs["include_dashboard"] = False
                 ray.init(address=address or "local", **kwargs)  # "local": a new instance, never someone's running one
@@ -90,8 +97,10 @@ class RayEngine:
                 text = " ".join(chain) + captured.read().decode(errors="replace")
                 hint = ""
                 if "InvalidAuthToken" in text or "AuthenticationError" in text:
-                    hint = (" (the cluster uses token authentication: set RAY_AUTH_MODE=token and give this machine the cluster's "
-                            "token in ~/.ray/auth_token or RAY_AUTH_TOKEN)")
+                    hint = (
+                        " (the cluster uses token authentication: set RAY_AUTH_MODE=token and give this machine the cluster's "
+                        "token in ~/.ray/auth_token or RAY_AUTH_TOKEN)"
+                    )
                 raise UsageError(f"cannot connect to the Ray cluster at {where}: {first_line(err)}{hint}") from None
             finally:
                 sys.stderr.flush()
@@ -120,8 +129,10 @@ class RayEngine:
         options = dict(num_cpus=cpus, max_retries=args.max_retries, retry_exceptions=[JobProcessLost])
         gpu_task, cpu_task = remote.options(num_gpus=per_run, **options), remote.options(num_gpus=0, **options)
         limit = args.parallel or len(todo)
-        say(f"running {len(todo)} job(s) on Ray ({ray.cluster_resources().get('CPU', 0):g} CPUs, {gpus:g} GPUs), "
-             f"{per_run:g} GPU(s) and {cpus} CPU(s) per job" + (f", at most {limit} at a time" if args.parallel else ""))
+        say(
+            f"running {len(todo)} job(s) on Ray ({ray.cluster_resources().get('CPU', 0):g} CPUs, {gpus:g} GPUs), "
+            f"{per_run:g} GPU(s) and {cpus} CPU(s) per job" + (f", at most {limit} at a time" if args.parallel else "")
+        )
         queue = list(todo)
         in_flight: Dict[Any, tuple[Job, float]] = {}
         seen_attempts: Dict[str, int] = {}
@@ -151,6 +162,8 @@ class RayEngine:
                     message = first_line(cause) if isinstance(cause, JobProcessLost) else first_line(err)
                     attempts = count_attempts(job, b.batch_id)
                     rc = 130 if b.stop.signum is not None else 1
-                    rec = job_outcome(job, rc, f"{message} (after {attempts} attempt(s))", attempts, time.monotonic() - t0)
+                    rec = job_outcome(
+                        job, rc, f"{message} (after {attempts} attempt(s))", attempts, time.monotonic() - t0
+                    )
                 b.record(job, rec)
                 b.progress.finished(job, rec)

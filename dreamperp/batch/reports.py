@@ -47,10 +47,25 @@ class Progress:
         else:
             self.failed += rec["status"] == "failed"
             self.interrupted += rec["status"] == "interrupted"
-            say(f"{self._clock()} {rec['status']} {job.name} after {rec['seconds']:.1f} s: {rec['error']}; {self.count()}")
+            say(
+                f"{self._clock()} {rec['status']} {job.name} after {rec['seconds']:.1f} s: {rec['error']}; {self.count()}"
+            )
 
 
-SUMMARY_FIELDS = ("job", "prompt", "seed", "status", "attempts", "seconds", "step", "loss", "mesh", "video", "run_dir", "error")
+SUMMARY_FIELDS = (
+    "job",
+    "prompt",
+    "seed",
+    "status",
+    "attempts",
+    "seconds",
+    "step",
+    "loss",
+    "mesh",
+    "video",
+    "run_dir",
+    "error",
+)
 
 
 def write_summary(path: Path, records: Sequence[Optional[Dict[str, Any]]]) -> None:
@@ -90,13 +105,15 @@ def write_contact_sheet(path: Path, jobs: Sequence[Job], records: Dict[str, Dict
         views = run_views(job.run_dir, job.val_size)
         if views is not None:
             for c in range(n):
-                sheet.paste(Image.fromarray(views[c]).resize((tile, tile), Image.NEAREST), (label_w + c * (tile + gap), y))
+                sheet.paste(
+                    Image.fromarray(views[c]).resize((tile, tile), Image.NEAREST), (label_w + c * (tile + gap), y)
+                )
         else:
             for c in range(n):
                 x = label_w + c * (tile + gap)
                 draw.rectangle((x, y, x + tile - 1, y + tile - 1), fill=(70, 70, 70))
         status = rec.get("status", "pending")
-        text = [job.prompt[i:i + 38] for i in range(0, min(len(job.prompt), 114), 38)]
+        text = [job.prompt[i : i + 38] for i in range(0, min(len(job.prompt), 114), 38)]
         text += [f"seed {job.seed}  {status}"]
         step = (rec.get("final_metrics") or {}).get("step")
         if step is not None:

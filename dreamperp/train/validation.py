@@ -20,7 +20,9 @@ from dreamperp.errors import UsageError
 from dreamperp.images import to_uint8
 
 
-def render_fixed_views(scene: Any, cfg: Config, size: int, device: Any, *, need_normals: bool = True) -> Dict[str, torch.Tensor]:
+def render_fixed_views(
+    scene: Any, cfg: Config, size: int, device: Any, *, need_normals: bool = True
+) -> Dict[str, torch.Tensor]:
     """Evaluation renders ``[4, size, size, C]`` of the four fixed views (``render_chunked``'s
     outputs), with the scene in eval mode and no draw from the training RNG stream."""
     from dreamperp.cameras import camera_rays, fixed_views
