@@ -16,7 +16,14 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from dreamperp.config import VIEW_NAMES, DataConfig
+from dreamperp.config import (
+    BACK_MIN_AZIMUTH_DEG,
+    FRONT_MAX_AZIMUTH_DEG,
+    OVERHEAD_THRESHOLD_DEG,
+    VIEW_NAMES,
+    DataConfig,
+)
+from dreamperp.plan import azimuth_range_at, front_share_at, front_window
 
 FIXED_VIEW_NAMES = VIEW_NAMES  # column order of validation grids
 OVERHEAD_ELEVATION = 75.0  # above Perp-Neg's 60° overhead threshold
@@ -89,6 +96,21 @@ def wrap_azimuth(azimuth_deg: Tensor) -> Tensor:
     return 180.0 - torch.remainder(180.0 - azimuth_deg, 360.0)
 
 
+def view_index(
+    azimuth_deg: Tensor, elevation_deg: Optional[Tensor] = None, overhead_threshold: float = OVERHEAD_THRESHOLD_DEG
+) -> Tensor:
+    """The view rule, index into ``VIEW_NAMES`` per camera, ``[B]`` long: overhead where elevation >
+    ``overhead_threshold``, else by the wrapped |azimuth|: front below 45°, back above 135°, side
+    between (both bounds included). Compares in the angles' own float dtype."""
+    az = torch.as_tensor(azimuth_deg).reshape(-1)
+    az = wrap_azimuth(az if az.is_floating_point() else az.float()).abs()
+    idx = torch.where(az < FRONT_MAX_AZIMUTH_DEG, 0, torch.where(az > BACK_MIN_AZIMUTH_DEG, 2, 1)).long()
+    if elevation_deg is not None:
+        high = torch.as_tensor(elevation_deg, device=az.device).reshape(-1) > overhead_threshold
+        idx = torch.where(high, 3, idx)
+    return idx
+
+
 def spherical_to_cartesian(elevation_deg: Tensor, azimuth_deg: Tensor, radius: Tensor) -> Tensor:
     """Camera centres ``r·(cos e·cos a, cos e·sin a, sin e)`` → ``[B, 3]``."""
     e, a = torch.deg2rad(elevation_deg), torch.deg2rad(azimuth_deg)
@@ -125,7 +147,9 @@ def look_at(eye: Tensor, target: Optional[Tensor] = None, up: Sequence[float] = 
     up_t = torch.tensor(list(up), dtype=eye.dtype, device=eye.device).expand_as(eye)
     right = torch.cross(up_t, back, dim=-1)
     # Looking along the up axis: any right vector perpendicular to it will do.
-    fallback = torch.cross(torch.tensor([0.0, 1.0, 0.0], dtype=eye.dtype, device=eye.device).expand_as(eye), back, dim=-1)
+    fallback = torch.cross(
+        torch.tensor([0.0, 1.0, 0.0], dtype=eye.dtype, device=eye.device).expand_as(eye), back, dim=-1
+    )
     right = torch.where(right.norm(dim=-1, keepdim=True) < 1e-6, fallback, right)
     right = torch.nn.functional.normalize(right, dim=-1)
     return _c2w_from_axes(right, torch.cross(back, right, dim=-1), back, eye)
@@ -156,35 +180,13 @@ def _uniform(n: int, lo_hi: Sequence[float], generator: Optional[torch.Generator
     return lo + (hi - lo) * torch.rand(n, generator=generator)
 
 
-def azimuth_range_at(data: DataConfig, step: Optional[int] = None) -> tuple[float, float]:
-    """Training azimuth range ``(lo, hi)`` in degrees at optimisation ``step`` (None: ``data.azimuth_range``).
-
-    With ``data.front_first_steps = [hold, full]`` the range is ``±front_first_deg`` until ``hold``
-    and its half width grows linearly to 180° at ``full``, always clipped to ``data.azimuth_range``.
-    """
-    lo, hi = float(data.azimuth_range[0]), float(data.azimuth_range[1])
-    hold, full = (int(v) for v in data.front_first_steps)
-    if step is None or full <= 0 or step >= full:
-        return lo, hi
-    start = float(data.front_first_deg)
-    progress = 0.0 if step < hold else (step - hold) / float(full - hold)  # here hold <= step < full
-    window = _front_window(data, start + (180.0 - start) * progress)
-    return window if window is not None else (lo, hi)  # a range that misses the front keeps its own
-
-
-def _front_window(data: DataConfig, half: float) -> Optional[tuple[float, float]]:
-    """``[−half, half]`` clipped to ``data.azimuth_range``, or None when that range misses it."""
-    a, b = max(float(data.azimuth_range[0]), -half), min(float(data.azimuth_range[1]), half)
-    return (a, b) if a <= b else None
-
-
-def _front_share(azimuth: Tensor, data: DataConfig, generator: Optional[torch.Generator]) -> Tensor:
-    """``azimuth [B]`` with each camera, with probability ``data.front_share``, redrawn uniformly within
+def _front_share(azimuth: Tensor, data: DataConfig, share: float, generator: Optional[torch.Generator]) -> Tensor:
+    """``azimuth [B]`` with each camera, with probability ``share``, redrawn uniformly within
     ``±front_share_deg`` of the front (clipped to ``data.azimuth_range``; unchanged if that misses the front)."""
     n = azimuth.shape[0]
-    pick = torch.rand(n, generator=generator) < float(data.front_share)
+    pick = torch.rand(n, generator=generator) < float(share)
     front = torch.rand(n, generator=generator)
-    window = _front_window(data, float(data.front_share_deg))
+    window = front_window(data, float(data.front_share_deg))
     if window is None:
         return azimuth
     a, b = window
@@ -199,22 +201,27 @@ def sample_cameras(
     device: torch.device | str | None = None,
     generator: Optional[torch.Generator] = None,
     step: Optional[int] = None,
+    *,
+    azimuth_range: Optional[Tuple[float, float]] = None,
+    front_share: Optional[float] = None,
 ) -> CameraBatch:
     """Random training cameras looking at the origin.
 
     Azimuth is stratified over the batch: camera i draws uniformly from the i-th of ``batch_size``
-    equal slices of the azimuth range (``data.azimuth_range``, narrowed at ``step`` by the
-    front-first schedule: :func:`azimuth_range_at`), so a batch always spreads around the object;
-    after the front-first steps a ``data.front_share`` of them is redrawn in the front sector;
+    equal slices of the azimuth range (``azimuth_range``; default ``data.azimuth_range`` narrowed at
+    ``step`` by the front-first schedule, :func:`dreamperp.plan.azimuth_range_at`), so a batch always
+    spreads around the object; a ``front_share`` of them (default: the plan's share at ``step``) is
+    redrawn in the front sector;
     elevation, radius and vertical fov are uniform in ``data.elevation_range``, ``radius_range``,
     ``fov_range``. Draws happen on the CPU from torch's global RNG (or ``generator``), so runs are
     reproducible across devices.
     """
-    lo, hi = azimuth_range_at(data, step)
+    lo, hi = azimuth_range if azimuth_range is not None else azimuth_range_at(data, step)
+    share = front_share if front_share is not None else front_share_at(data, step)
     strata = (torch.arange(batch_size, dtype=torch.float32) + torch.rand(batch_size, generator=generator)) / batch_size
     azimuth = lo + (hi - lo) * strata
-    if data.front_share > 0 and (step is None or step >= int(data.front_first_steps[1])):
-        azimuth = _front_share(azimuth, data, generator)
+    if share > 0:
+        azimuth = _front_share(azimuth, data, share, generator)
     elevation = _uniform(batch_size, data.elevation_range, generator)
     radius = _uniform(batch_size, data.radius_range, generator)
     fovy = _uniform(batch_size, data.fov_range, generator)
@@ -232,7 +239,9 @@ def orbit_cameras(
 ) -> CameraBatch:
     """``n`` cameras on a turntable: azimuths ``360·i/n`` for i = 0..n-1 (starts at the front, no repeated 0/360)."""
     azimuth = torch.arange(n, dtype=torch.float32) * (360.0 / n)
-    return make_cameras(_full(n, elevation_deg, None), azimuth, _full(n, radius, None), _full(n, fovy_deg, None), height, width).to(device or "cpu")
+    return make_cameras(
+        _full(n, elevation_deg, None), azimuth, _full(n, radius, None), _full(n, fovy_deg, None), height, width
+    ).to(device or "cpu")
 
 
 def fixed_views(data: DataConfig, height: int, width: int, device: torch.device | str | None = None) -> CameraBatch:
@@ -241,11 +250,18 @@ def fixed_views(data: DataConfig, height: int, width: int, device: torch.device 
     azimuth = torch.tensor([0.0, 90.0, 180.0, 0.0])
     e = float(data.eval_elevation)
     elevation = torch.tensor([e, e, e, OVERHEAD_ELEVATION])
-    return make_cameras(elevation, azimuth, _full(4, data.eval_radius, None), _full(4, data.eval_fov, None), height, width).to(device or "cpu")
+    return make_cameras(
+        elevation, azimuth, _full(4, data.eval_radius, None), _full(4, data.eval_fov, None), height, width
+    ).to(device or "cpu")
 
 
 def cameras_from_c2w(
-    c2w: Tensor, height: int, width: int, *, fovx_deg: Optional[float | Tensor] = None, fovy_deg: Optional[float | Tensor] = None
+    c2w: Tensor,
+    height: int,
+    width: int,
+    *,
+    fovx_deg: Optional[float | Tensor] = None,
+    fovy_deg: Optional[float | Tensor] = None,
 ) -> CameraBatch:
     """Cameras from given OpenGL camera-to-world matrices ``[N, 4, 4]`` (e.g. a transforms.json).
 
@@ -309,7 +325,9 @@ def sample_light_positions(
     b = len(cams)
     noise = torch.randn(b, 3, generator=generator).to(cams.device)
     scale = _uniform(b, distance_range, generator).to(cams.device)
-    direction = torch.nn.functional.normalize(cams.position / cams.radius[:, None].clamp_min(1e-12) + 0.5 * noise, dim=-1)
+    direction = torch.nn.functional.normalize(
+        cams.position / cams.radius[:, None].clamp_min(1e-12) + 0.5 * noise, dim=-1
+    )
     return direction * (cams.radius * scale)[:, None]
 
 

@@ -13,7 +13,7 @@ import sys
 from typing import Callable, List, NoReturn, Optional
 
 from dreamperp import __version__
-from dreamperp.config import MESH_FORMATS
+from dreamperp.config import MESH_FORMATS, VIDEO_FORMATS
 from dreamperp.errors import DreamperpError, is_out_of_memory
 
 OVERRIDES_HELP = "config overrides as key=value, e.g. prompt=\"a corgi\" trainer.max_steps=2000"
@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--elevation", type=float, help="camera elevation in degrees (default 15)")
     p.add_argument("--size", type=int, help="frame size in pixels (default 512)")
     p.add_argument("--modes", help="comma-separated panels: rgb,normal,depth,opacity (default rgb)")
-    p.add_argument("--format", choices=["mp4", "gif"], help="container (default mp4)")
+    p.add_argument("--format", choices=list(VIDEO_FORMATS), help="container (default mp4)")
     p.add_argument("--checkpoint", metavar="PATH", help="checkpoint to render (default: the newest)")
     p.set_defaults(func=_cmd_video)
 

@@ -17,9 +17,10 @@ from typing import Any, List, Sequence
 
 import numpy as np
 
-from dreamperp.config import Config, SampleConfig, load_config
+from dreamperp.config import Config, SampleConfig, check_prompt, load_config
 from dreamperp.errors import ConfigError, UsageError
-from dreamperp.images import make_grid, to_uint8
+from dreamperp.files import atomic_write_bytes
+from dreamperp.images import make_grid, png_bytes, to_uint8
 
 #: Keys of the ``sample`` section that may be given without the ``sample.`` prefix.
 SHORTHAND_KEYS = tuple(f.name for f in fields(SampleConfig))
@@ -72,12 +73,7 @@ def view_weights(cfg: Config, batch: int) -> tuple[Any, Any]:
     """``(pos_mix, neg_weights)`` ``[batch, 4]`` on the CPU for ``sample.view``/``sample.azimuth``, or (None, None)."""
     import torch
 
-    from dreamperp.guidance.views import (
-        named_view_mix,
-        nearest_view_mix,
-        perpneg_params,
-        perpneg_weights,
-    )
+    from dreamperp.guidance.views import named_view_mix, view_mix
 
     s, pn = cfg.sample, cfg.guidance.perp_neg
     if s.view:
@@ -85,9 +81,7 @@ def view_weights(cfg: Config, batch: int) -> tuple[Any, Any]:
     if s.azimuth is not None:
         az = torch.full((batch,), float(s.azimuth))
         el = torch.full((batch,), float(s.elevation))
-        if pn.enabled:
-            return perpneg_weights(az, el, **perpneg_params(pn))
-        return nearest_view_mix(az, el, pn.overhead_threshold)
+        return view_mix(pn, az, el)  # a requested azimuth is view-conditioned even without view_dependent
     return None, None
 
 
@@ -195,9 +189,8 @@ def denoise(
 
 
 def write_images(images: np.ndarray, out_dir: Path) -> List[Path]:
-    """Write ``0000.png, 0001.png, ...`` (and ``grid.png`` when several) into ``out_dir``."""
-    from PIL import Image
-
+    """Write ``0000.png, 0001.png, ...`` (and ``grid.png`` when several) into ``out_dir``, each
+    atomically (an interrupted run leaves no half-written PNG)."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -208,7 +201,7 @@ def write_images(images: np.ndarray, out_dir: Path) -> List[Path]:
         named.append((out_dir / "grid.png", make_grid(pixels)))
     for path, img in named:
         try:
-            Image.fromarray(img).save(path)
+            atomic_write_bytes(path, png_bytes(img))
         except OSError as err:
             raise UsageError(f"cannot write '{path}': {err.strerror or err}") from None
     return [path for path, _ in named]
@@ -217,8 +210,7 @@ def write_images(images: np.ndarray, out_dir: Path) -> List[Path]:
 def sample_command(args: argparse.Namespace) -> int:
     """``dreamperp sample CONFIG [key=value ...] --out DIR``."""
     cfg = load_config(args.config, rewrite_shorthand(args.overrides or []))
-    if not cfg.prompt.strip():
-        raise ConfigError("prompt", 'is required: pass prompt="a photo of a corgi" or set it in the config file')
+    check_prompt(cfg.prompt)
     scheduler_class(cfg.sample.scheduler)  # fail on a bad name before loading the model
     out_dir = Path(args.out)
     if out_dir.exists() and not out_dir.is_dir():

@@ -9,7 +9,6 @@ import torch
 
 from dreamperp.cameras import (
     FIXED_VIEW_NAMES,
-    azimuth_range_at,
     camera_rays,
     cameras_from_c2w,
     fixed_views,
@@ -23,6 +22,7 @@ from dreamperp.cameras import (
     wrap_azimuth,
 )
 from dreamperp.config import DataConfig
+from dreamperp.plan import azimuth_range_at
 
 
 def _one(elev: float, azim: float, radius: float = 2.0, fovy: float = 60.0, h: int = 8, w: int = 8):

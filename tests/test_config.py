@@ -101,6 +101,31 @@ def test_bad_files_and_overrides(tmp_path):
         load_config(None, ["prompt"])
 
 
+def _leaves(node: dict, prefix: str = "") -> list:
+    out = []
+    for key, value in node.items():
+        out += _leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else [(f"{prefix}{key}", value)]
+    return out
+
+
+def test_shipped_configs_list_only_what_differs():
+    """One source of truth: a shipped config sets a key only to change it, i.e. every value it sets
+    differs from the schema default or from the file it extends (default.yaml sets nothing)."""
+    from omegaconf import OmegaConf
+
+    from dreamperp.config import config_chain
+
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        merged = OmegaConf.structured(Config)
+        for layer, file_cfg in config_chain(path):
+            if layer == path:
+                for key, value in _leaves(OmegaConf.to_container(file_cfg, resolve=False)):
+                    before = OmegaConf.to_container(OmegaConf.create({"v": OmegaConf.select(merged, key)}))["v"]
+                    assert before != value, f"{path.name}: {key}: {value!r} is already the value without it; delete the line"
+            merged = OmegaConf.merge(merged, file_cfg)
+    assert not _leaves(OmegaConf.to_container(config_chain(CONFIGS / "default.yaml")[-1][1]))
+
+
 def test_shipped_configs_validate():
     shipped = sorted(CONFIGS.glob("*.yaml"))
     assert shipped, "configs/ holds the shipped configs"

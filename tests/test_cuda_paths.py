@@ -23,7 +23,7 @@ from dreamperp.errors import ConfigError, UsageError
 from dreamperp.runs.checkpoint import load_run, save_checkpoint
 from dreamperp.runs.folder import RunDir
 from dreamperp.scene import Background, Field, Scene, render, render_chunked
-from dreamperp.scene import renderer as renderer_mod
+from dreamperp.scene import scene as renderer_mod
 from dreamperp.scene.encoding import HashGridEncoding
 
 _ORIGINAL_WEIGHTS = nerfacc.render_weight_from_density

@@ -23,11 +23,12 @@ from dreamperp.export.mesh import (
     keep_large_components,
 )
 from dreamperp.scene.background import Background
-from dreamperp.scene.renderer import Scene
+from dreamperp.scene.base_field import FieldBase
+from dreamperp.scene.scene import Scene
 
 
-class AnalyticField(nn.Module):
-    """Union of soft spheres with the renderer's field interface (encode is the identity).
+class AnalyticField(FieldBase):
+    """Union of soft spheres with the field contract (its features are the points themselves).
 
     Density ``sigma · sigmoid((R − |x − c|) / width)`` (max over spheres), so the σ/2 level set is
     exactly the spheres; albedo is red for x > x of the first centre, blue below.
@@ -43,23 +44,14 @@ class AnalyticField(nn.Module):
     def _signed(self, x: torch.Tensor) -> torch.Tensor:
         return (self.radii - (x[:, None, :] - self.centers).norm(dim=-1)).max(-1).values  # > 0 inside
 
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        return x
+    def get_density(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.sigma * torch.sigmoid(self._signed(x) / self.width), x
 
-    def density_from_features(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return self.sigma * torch.sigmoid(self._signed(x) / self.width)
-
-    def albedo_from_features(self, h: torch.Tensor) -> torch.Tensor:
+    def get_outputs(self, x: torch.Tensor, h: torch.Tensor) -> dict:
         a = torch.sigmoid((h[:, 0] - self.centers[0, 0]) / 0.05)
-        return torch.stack([a, torch.full_like(a, 0.2), 1 - a], -1)
+        return {"albedo": torch.stack([a, torch.full_like(a, 0.2), 1 - a], -1)}
 
-    def density(self, x: torch.Tensor) -> torch.Tensor:
-        return self.density_from_features(x, x)
-
-    def albedo(self, x: torch.Tensor) -> torch.Tensor:
-        return self.albedo_from_features(x)
-
-    def normal(self, x: torch.Tensor) -> torch.Tensor:
+    def get_normals(self, x: torch.Tensor) -> torch.Tensor:
         nearest = (x[:, None, :] - self.centers).norm(dim=-1).sub(self.radii).argmin(-1)
         return F.normalize(x - self.centers[nearest], dim=-1)
 

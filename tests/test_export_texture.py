@@ -32,8 +32,8 @@ BUDGET = 3000  # faces; marching cubes at 64³ gives ~7.6k on this sphere
 class SmoothColourField(AnalyticField):
     """The analytic sphere with a smooth albedo that changes along all three axes (range [0.1, 0.9])."""
 
-    def albedo_from_features(self, h: torch.Tensor) -> torch.Tensor:
-        return albedo_truth(h)
+    def get_outputs(self, x: torch.Tensor, h: torch.Tensor) -> dict:
+        return {"albedo": albedo_truth(h)}
 
 
 def albedo_truth(x: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from dreamperp.runs.checkpoint import load_run, save_checkpoint
 from dreamperp.runs.folder import RunDir
 from dreamperp.scene import Scene, nerfacc_cuda
 from dreamperp.scene import encoding as encoding_mod
-from dreamperp.scene import renderer as renderer_mod
+from dreamperp.scene import scene as renderer_mod
 from dreamperp.scene.encoding import HashGridEncoding, backend_for_checkpoint, checkpoint_backend
 from dreamperp.train import trainer as trainer_mod
 from dreamperp.train.loop import TrainLoop

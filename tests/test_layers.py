@@ -17,6 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dreamperp"
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("shared helpers", ("dreamperp", "dreamperp.errors", "dreamperp.device", "dreamperp.files", "dreamperp.images", "dreamperp.signals", "dreamperp.shipped")),
     ("config", ("dreamperp.config",)),
+    ("step plan", ("dreamperp.plan",)),
     ("cameras and datasets", ("dreamperp.cameras", "dreamperp.multiview")),
     ("toy world", ("dreamperp.toy",)),
     ("diffusion weights", ("dreamperp.models",)),
@@ -116,3 +117,24 @@ def test_the_checker_sees_deferred_imports(tmp_path: Path) -> None:
     src.write_text("def f():\n    from dreamperp.train.trainer import Trainer\n")
     assert imports_of(src, "dreamperp.scene.x") == {"dreamperp.train.trainer"}
     assert layer_of("dreamperp.train.trainer") > layer_of("dreamperp.scene.x")
+
+
+#: What the renderer, the Scene and the exporters may ask of a field (scene/base_field.py, docs/design.md §1.1).
+FIELD_CONTRACT = {"get_density", "get_outputs", "get_normals", "density", "albedo", "normal", "grid_parameters", "parameters"}
+
+
+def test_field_is_used_only_through_its_contract() -> None:
+    """Outside the field's own module, ``<...>.field.<name>`` only names contract methods: a renderer
+    that reached into a field's internals (encode, density_from_features) would fail here."""
+    wrong = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name in ("field.py", "base_field.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.Attribute):
+                continue
+            owner = node.value
+            is_field = (isinstance(owner, ast.Name) and owner.id == "field") or (isinstance(owner, ast.Attribute) and owner.attr == "field")
+            if is_field and node.attr not in FIELD_CONTRACT:
+                wrong.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: field.{node.attr}")
+    assert not wrong, "\n".join(wrong)

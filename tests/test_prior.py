@@ -217,6 +217,33 @@ def test_sega_momentum_state_roundtrip(components: Any) -> None:
     assert not torch.equal(a, c)  # the momentum matters
 
 
+def test_call_takes_and_returns_the_state(components: Any) -> None:
+    """``__call__`` is the stateful ``sds`` with its state passed in and out explicitly: same losses,
+    same momentum, and nothing stashed on the guidance."""
+    sega = SegaConfig(concepts=[SegaConcept(prompt="a hat", warmup=0, scale=20.0)], momentum_scale=0.5, momentum_beta=0.4)
+    explicit, stateful = make_prior(components, sega=sega), make_prior(components, sega=sega)
+    images = torch.rand(2, 3, 64, 64)
+    az, el = torch.tensor([0.0, 90.0]), torch.tensor([0.0, 0.0])
+    state = None
+    for step in range(2):
+        torch.manual_seed(step)
+        out = explicit(images, az, el, step=step, state=state)
+        torch.manual_seed(step)
+        loss, info = stateful.sds(images, az, el, step)
+        assert torch.equal(out["loss_sds"], loss) and torch.equal(out["t"], info["t"])
+        state = out["state"]
+        assert torch.equal(state["sega_momentum"], stateful.sega_momentum)
+    assert explicit.state_dict() == {"sega_momentum": None}
+
+
+def test_finite_state_drops_only_non_finite_entries() -> None:
+    from dreamperp.guidance.score import finite_state
+
+    clean = {"sega_momentum": torch.ones(2)}
+    assert finite_state(clean) is clean and finite_state({"sega_momentum": None}) == {"sega_momentum": None}
+    assert finite_state({"sega_momentum": torch.tensor([1.0, float("inf")])}) == {"sega_momentum": None}
+
+
 def test_tiny_encoder_option(components: Any, tmp_path: Path) -> None:
     from diffusers import AutoencoderTiny
 

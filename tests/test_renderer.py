@@ -12,18 +12,19 @@ from torch import nn
 from dreamperp.cameras import camera_rays, orbit_cameras
 from dreamperp.config import Config, RenderConfig
 from dreamperp.errors import UsageError
+from dreamperp.plan import choose_shading
 from dreamperp.scene import (
     Background,
     Field,
+    FieldBase,
     Scene,
-    choose_shading,
     ray_sphere,
     render,
     render_chunked,
 )
 
 
-class ConstantSphere(nn.Module):
+class ConstantSphere(FieldBase):
     """Stand-in field: density ``sigma`` inside radius ``radius`` and 0 outside, exact normals."""
 
     def __init__(self, radius: float, sigma: float, color=(1.0, 0.0, 0.0), inward: bool = False):
@@ -32,22 +33,13 @@ class ConstantSphere(nn.Module):
         self.register_buffer("color", torch.tensor(color))
         self.dummy = nn.Parameter(torch.zeros(()))
 
-    def encode(self, x):
-        return x
+    def get_density(self, x):
+        return torch.where(x.norm(dim=-1) < self.radius, self.sigma, 0.0) + 0 * self.dummy, x
 
-    def density_from_features(self, x, h):
-        return torch.where(x.norm(dim=-1) < self.radius, self.sigma, 0.0) + 0 * self.dummy
+    def get_outputs(self, x, h):
+        return {"albedo": self.color.expand(h.shape[0], 3)}
 
-    def albedo_from_features(self, h):
-        return self.color.expand(h.shape[0], 3)
-
-    def density(self, x):
-        return self.density_from_features(x, x)
-
-    def albedo(self, x):
-        return self.albedo_from_features(x)
-
-    def normal(self, x):
+    def get_normals(self, x):
         n = F.normalize(x, dim=-1)
         return -n if self.inward else n
 

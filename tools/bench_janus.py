@@ -69,7 +69,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dreamperp.batch import cpu_count, thread_env  # noqa: E402
+from dreamperp.batch import cpu_count, parse_seeds, thread_env  # noqa: E402
 from dreamperp.errors import DreamperpError, UsageError  # noqa: E402
 from dreamperp.files import atomic_write_bytes, atomic_write_text  # noqa: E402
 from dreamperp.images import png_bytes, to_uint8  # noqa: E402
@@ -108,16 +108,6 @@ def _split(text: str, known: Sequence[str], flag: str) -> List[str]:
     if bad or not items:
         raise UsageError(f"{flag}: unknown or empty {bad or text!r}; choose from {', '.join(known)}")
     return items
-
-
-def parse_seeds(text: str) -> List[int]:
-    try:
-        seeds = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--seeds: a comma-separated list of integers, got {text!r}") from None
-    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise UsageError(f"--seeds: distinct integers >= 0, got {text!r}")
-    return seeds
 
 
 def parse_colours(text: str) -> Dict[str, str]:

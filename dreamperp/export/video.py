@@ -26,16 +26,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dreamperp.config import VIDEO_MODES
+from dreamperp.config import VIDEO_FORMATS, VIDEO_MODES
 from dreamperp.errors import UsageError
 from dreamperp.export.common import positive_int, scene_device
 from dreamperp.files import atomic_output
 from dreamperp.images import to_uint8
 from dreamperp.multiview import eval_background
 from dreamperp.runs.checkpoint import load_run
-
-VIDEO_FORMATS = ("mp4", "gif")
-
 
 MAX_VIDEO_SIZE = 8192  # H.264's largest level allows 8192 pixels a side
 

@@ -19,8 +19,7 @@ from typing import Any, Dict, Optional
 
 import torch
 
-from dreamperp.config import GuidanceConfig
-from dreamperp.errors import ConfigError
+from dreamperp.config import GuidanceConfig, check_concepts, check_prompt
 from dreamperp.guidance.backends import DiffusionBackend
 from dreamperp.guidance.perpneg import perpneg_guidance
 from dreamperp.guidance.sds import (
@@ -31,13 +30,7 @@ from dreamperp.guidance.sds import (
     timestep_bounds,
 )
 from dreamperp.guidance.sega import sega_guidance
-from dreamperp.guidance.views import (
-    NEGATIVE_VIEWS,
-    nearest_view_mix,
-    perpneg_params,
-    perpneg_weights,
-    view_prompts,
-)
+from dreamperp.guidance.views import NEGATIVE_VIEWS, view_mix, view_prompts
 
 
 class GuidedScore:
@@ -49,17 +42,16 @@ class GuidedScore:
     and cached (``emb_prompt``, ``emb_uncond`` ``[1, L, D]``, ``emb_views`` ``[4, L, D]``,
     ``emb_concepts`` ``[C, L, D]`` or None).
 
-    State across SDS steps: ``sega_momentum`` (``[B, C, h, w]`` or None), saved by :meth:`state_dict`.
+    One entry point for SDS, shaped like threestudio's guidance: :meth:`__call__` takes the renders,
+    the camera angles, the step and the guidance state (``{"sega_momentum": [B, C, h, w] or None}``)
+    and returns ``{"loss_sds", ..., "state"}``. :meth:`sds` wraps it for callers that keep no state.
     """
 
     @staticmethod
     def check_inputs(cfg: GuidanceConfig, prompt: str) -> None:
         """ConfigError for an empty prompt or SEGA concept (cheap: call it before loading weights)."""
-        if not str(prompt).strip():
-            raise ConfigError("prompt", 'is required: pass prompt="a photo of a corgi" or set it in the config file')
-        for i, concept in enumerate(cfg.sega.concepts):
-            if not str(concept.prompt).strip():
-                raise ConfigError(f"guidance.sega.concepts.{i}.prompt", "is required: every SEGA concept needs a prompt")
+        check_prompt(prompt)
+        check_concepts(cfg.sega.concepts)
 
     def __init__(self, backend: DiffusionBackend, cfg: GuidanceConfig, prompt: str, negative_prompt: str = "") -> None:
         self.check_inputs(cfg, prompt)
@@ -76,7 +68,9 @@ class GuidedScore:
         self.emb_views = backend.encode_text(view_prompts(prompt))  # [4, L, D]
         # The view mix is formed in at least fp32 (fp16 sums of mixed embeddings lose the small weights).
         self.emb_views_mix = self.emb_views.to(torch.promote_types(self.dtype, torch.float32))
-        self.emb_concepts = backend.encode_text([c.prompt for c in self.concepts]) if self.concepts else None  # [C, L, D]
+        self.emb_concepts = (
+            backend.encode_text([c.prompt for c in self.concepts]) if self.concepts else None
+        )  # [C, L, D]
         backend.release_text_encoder()
 
         # What guided_prediction calls: the UNet, or its torch.compile'd version (tests may wrap it).
@@ -86,7 +80,7 @@ class GuidedScore:
                 backend.unet.to(memory_format=torch.channels_last)
             if cfg.compile:
                 self.unet_forward = torch.compile(backend.unet)
-        self.sega_momentum: Optional[torch.Tensor] = None
+        self._state: Dict[str, Any] = {"sega_momentum": None}  # the stateful sds()'s; __call__ keeps none
 
     @property
     def resolution(self) -> int:
@@ -102,14 +96,7 @@ class GuidedScore:
         Perp-Neg on: the schedule of ``perp_neg``. Off: the nearest view prompt and no negatives
         when ``view_dependent``, else ``(None, None)`` (the plain prompt).
         """
-        if azimuth_deg is None:
-            return None, None
-        pn = self.cfg.perp_neg
-        if pn.enabled:
-            return perpneg_weights(azimuth_deg, elevation_deg, **perpneg_params(pn))
-        if self.cfg.view_dependent:
-            return nearest_view_mix(azimuth_deg, elevation_deg, pn.overhead_threshold)
-        return None, None
+        return view_mix(self.cfg.perp_neg, azimuth_deg, elevation_deg, view_dependent=self.cfg.view_dependent)
 
     # ---------------------------------------------------------------------------- guided UNet
     def guided_prediction(
@@ -166,23 +153,41 @@ class GuidedScore:
                 sega = self.cfg.sega
                 if momentum is not None and momentum.shape != eps_u.shape:
                     momentum = None  # batch size changed: start the momentum afresh
-                gamma, momentum = sega_guidance(eps_u, eps[2 + k :], self.concepts, step, momentum, sega.momentum_scale, sega.momentum_beta)
+                gamma, momentum = sega_guidance(
+                    eps_u, eps[2 + k :], self.concepts, step, momentum, sega.momentum_scale, sega.momentum_beta
+                )
                 if gamma is not None:
                     guidance = guidance + gamma
             return eps_u + guidance, momentum
 
     # -------------------------------------------------------------------------------------- SDS
+    def __call__(
+        self,
+        rgb: torch.Tensor,
+        azimuth_deg: Optional[torch.Tensor],
+        elevation_deg: Optional[torch.Tensor],
+        *,
+        step: int,
+        state: Optional[Dict[str, Any]] = None,
+    ) -> Dict[str, Any]:
+        """The SDS objective of renders ``rgb [B, 3, H, W]`` in [0, 1] seen from ``azimuth_deg`` /
+        ``elevation_deg`` ``[B]`` at optimisation ``step`` (t_max anneal, SEGA phases), with the
+        guidance ``state`` of the previous step (None: fresh).
+
+        Returns ``{"loss_sds", "grad_norm", "t", "w", "t_max", "state"}``: ``loss_sds`` is a float32
+        scalar whose gradient w.r.t. the model input is ``w(t)·(ε̂ − ε)/B``; the others are tensors
+        (no host sync) and ``state`` the guidance state to pass to the next step. Nothing is kept
+        on ``self``. Pass the angles as CPU tensors to let the UNet call drop negative views whose
+        weight is zero for the whole batch.
+        """
+        loss, info, state = self._sds(self.backend.encode_images(rgb), azimuth_deg, elevation_deg, step, state)
+        return {"loss_sds": loss, **info, "state": state}
+
     def sds(
         self, images: torch.Tensor, azimuth_deg: torch.Tensor, elevation_deg: Optional[torch.Tensor], step: int
     ) -> tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """SDS loss of renders ``[B, 3, H, W]`` in [0, 1] seen from ``azimuth_deg``/``elevation_deg`` ``[B]``.
-
-        Returns ``(loss, info)``: ``loss`` is a float32 scalar whose gradient w.r.t. the model input
-        is ``w(t)·(ε̂ − ε)/B``; ``info`` holds tensors (no host sync): ``t`` [B], ``w`` [B],
-        ``grad_norm`` (scalar, L2 norm of the whole SDS gradient), ``t_max`` (scalar, annealed bound).
-        ``step`` is the optimisation step (t_max anneal, SEGA warm-up/cool-down). Pass the angles as
-        CPU tensors to let the UNet call drop negative views whose weight is zero for the batch.
-        """
+        """:meth:`__call__` for a caller that keeps no state (the trainer, 2D probes): the state
+        lives in this object between calls (see :meth:`state_dict`). Returns ``(loss, info)``."""
         return self.sds_latents(self.backend.encode_images(images), azimuth_deg, elevation_deg, step)
 
     def sds_latents(
@@ -199,6 +204,24 @@ class GuidedScore:
         """:meth:`sds` from the clean model input ``[B, C, h, w]`` (latents, or pixels in [-1, 1]);
         ``t`` [B] and ``noise`` default to fresh samples (torch's global RNG). ``return_terms`` adds
         ``eps_hat``, ``noise`` and ``grad`` to ``info``."""
+        loss, info, self._state = self._sds(
+            latents, azimuth_deg, elevation_deg, step, self._state, t=t, noise=noise, return_terms=return_terms
+        )
+        return loss, info
+
+    def _sds(
+        self,
+        latents: torch.Tensor,
+        azimuth_deg: Optional[torch.Tensor],
+        elevation_deg: Optional[torch.Tensor],
+        step: int,
+        state: Optional[Dict[str, Any]],
+        *,
+        t: Optional[torch.Tensor] = None,
+        noise: Optional[torch.Tensor] = None,
+        return_terms: bool = False,
+    ) -> tuple[torch.Tensor, Dict[str, torch.Tensor], Dict[str, Any]]:
+        """The SDS loss, its info and the next state, from the clean model input: state in, state out."""
         cfg = self.cfg
         B = latents.shape[0]
         T = self.backend.num_train_timesteps
@@ -209,11 +232,12 @@ class GuidedScore:
         t = t.to(self.device)
         if noise is None:
             noise = torch.randn(latents.shape, device=latents.device, dtype=torch.float32)
+        momentum = (state or {}).get("sega_momentum")
         with torch.no_grad():
             a = alphas_cumprod[t].view(-1, *([1] * (latents.dim() - 1)))
             noisy = (a.sqrt() * latents.detach().float() + (1.0 - a).sqrt() * noise.float()).to(self.dtype)
             pos_mix, neg_weights = self.view_conditioning(azimuth_deg, elevation_deg)
-            eps_hat, self.sega_momentum = self.guided_prediction(noisy, t, pos_mix, neg_weights, step, self.sega_momentum)
+            eps_hat, momentum = self.guided_prediction(noisy, t, pos_mix, neg_weights, step, momentum)
             eps_hat = eps_hat.float()
             w = sds_weight(alphas_cumprod, t, cfg.weighting)
             grad = sds_grad(eps_hat, noise, w, cfg.grad_clip)
@@ -226,15 +250,28 @@ class GuidedScore:
         }
         if return_terms:
             info.update(eps_hat=eps_hat, noise=noise.float(), grad=grad)
-        return loss, info
+        return loss, info, {"sega_momentum": momentum}
 
     # ------------------------------------------------------------------------------------ state
+    @property
+    def sega_momentum(self) -> Optional[torch.Tensor]:
+        """The SEGA momentum ``[B, C, h, w]`` the stateful :meth:`sds` carries, or None."""
+        return self._state.get("sega_momentum")
+
     def state_dict(self) -> Dict[str, Any]:
-        """SEGA momentum (the only state that lives across SDS steps), on the CPU; None when unused."""
+        """The guidance state of the stateful :meth:`sds` (SEGA momentum, the only state that lives
+        across SDS steps), on the CPU; None when unused."""
         m = self.sega_momentum
         return {"sega_momentum": None if m is None else m.detach().cpu().clone()}
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
         m = state.get("sega_momentum")
-        self.sega_momentum = None if m is None else m.to(self.device, self.dtype)
+        self._state = {"sega_momentum": None if m is None else m.to(self.device, self.dtype)}
+
+
+def finite_state(state: Dict[str, Any]) -> Dict[str, Any]:
+    """``state`` (a guidance :meth:`GuidedScore.state_dict`) without entries that hold non-finite
+    values, which a bad step may have put there; the same object when it is clean."""
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and not bool(torch.isfinite(v).all())]
+    return {**state, **{k: None for k in bad}} if bad else state

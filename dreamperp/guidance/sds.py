@@ -6,9 +6,16 @@ from typing import Optional
 
 import torch
 
+from dreamperp.plan import annealed
+
 
 def timestep_bounds(
-    t_min: float, t_max: float, num_train_timesteps: int, step: int = 0, t_max_final: Optional[float] = None, t_anneal_steps: int = 0
+    t_min: float,
+    t_max: float,
+    num_train_timesteps: int,
+    step: int = 0,
+    t_max_final: Optional[float] = None,
+    t_anneal_steps: int = 0,
 ) -> tuple[int, int]:
     """Inclusive integer range ``[lo, hi]`` of SDS timesteps at optimisation ``step``.
 
@@ -16,16 +23,15 @@ def timestep_bounds(
     are of ``T = num_train_timesteps`` and rounded (so 0.98 of 1000 is 980, not 979 by float error).
     """
     T = int(num_train_timesteps)
-    hi_frac = float(t_max)
-    if t_anneal_steps > 0 and t_max_final is not None:
-        progress = min(max(step, 0) / float(t_anneal_steps), 1.0)
-        hi_frac = t_max + (t_max_final - t_max) * progress
+    hi_frac = annealed(t_max, t_max_final, t_anneal_steps, step)  # the step plan's t_max
     lo = min(max(int(round(t_min * T)), 0), T - 1)
     hi = min(max(int(round(hi_frac * T)), lo), T - 1)
     return lo, hi
 
 
-def sample_timesteps(batch: int, lo: int, hi: int, device: torch.device | str, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+def sample_timesteps(
+    batch: int, lo: int, hi: int, device: torch.device | str, generator: Optional[torch.Generator] = None
+) -> torch.Tensor:
     """``t ~ U{lo, ..., hi}`` per sample, ``[batch]`` long on ``device`` (torch's global RNG by default)."""
     return torch.randint(lo, hi + 1, (batch,), device=device, generator=generator, dtype=torch.long)
 

@@ -21,6 +21,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from dreamperp.plan import sega_phases
+
 
 def sega_guidance(
     eps_uncond: torch.Tensor,
@@ -46,11 +48,10 @@ def sega_guidance(
         momentum = torch.zeros_like(eps_uncond)
     concept_weights = torch.zeros((num, batch), device=device, dtype=dtype)
     edits = torch.zeros((num, *eps_uncond.shape), device=device, dtype=dtype)
-    warm: list[int] = []
+    is_warm, is_cooled = sega_phases(concepts, step)  # the step plan's SEGA phases
+    warm = [c for c in range(num) if is_warm[c]]
     for c, concept in enumerate(concepts):
-        if step >= concept.warmup:
-            warm.append(c)
-        if concept.cooldown is not None and step >= concept.cooldown:
+        if is_cooled[c]:
             continue  # cooled down: zero term, zero weight
         psi = eps_concepts[c] - eps_uncond
         if concept.reverse:

@@ -12,15 +12,16 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
-from dreamperp.cameras import (
-    wrap_azimuth,  # the azimuth convention lives with the cameras
+from dreamperp.cameras import (  # the azimuth convention and the view rule live with the cameras
+    view_index,
+    wrap_azimuth,
 )
-from dreamperp.config import VIEW_NAMES
+from dreamperp.config import OVERHEAD_THRESHOLD_DEG, PERPNEG_SCHEDULES, THREESTUDIO_DECAYS, VIEW_NAMES
 from dreamperp.errors import UsageError
 
 VIEWS = VIEW_NAMES  # row order of the view embeddings [front, side, back, overhead]
 FRONT, SIDE, BACK, OVERHEAD = range(4)
-SCHEDULES = ("threestudio", "stable-dreamfusion")
+SCHEDULES = PERPNEG_SCHEDULES
 #: Views that either schedule can give a non-zero negative weight (back and overhead never are).
 NEGATIVE_VIEWS = (FRONT, SIDE)
 #: Azimuth (degrees) that stands for a named view in 2D sampling.
@@ -45,11 +46,11 @@ def perpneg_weights(
     negative_w: float = 2.0,
     front_decay: float = 2.0,
     side_decay: float = 10.0,
-    f_sb: Sequence[float] = (1.0, 0.5, -0.606),
-    f_fsb: Sequence[float] = (1.0, 0.5, 0.967),
-    f_fs: Sequence[float] = (4.0, 0.5, -2.426),
-    f_sf: Sequence[float] = (4.0, 0.5, -2.426),
-    overhead_threshold: float = 60.0,
+    f_sb: Sequence[float] = THREESTUDIO_DECAYS["f_sb"],
+    f_fsb: Sequence[float] = THREESTUDIO_DECAYS["f_fsb"],
+    f_fs: Sequence[float] = THREESTUDIO_DECAYS["f_fs"],
+    f_sf: Sequence[float] = THREESTUDIO_DECAYS["f_sf"],
+    overhead_threshold: float = OVERHEAD_THRESHOLD_DEG,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Perp-Neg positive mix and negative weights per sample.
 
@@ -59,7 +60,9 @@ def perpneg_weights(
     azimuth's device; rows of ``pos_mix`` sum to 1 and ``neg_weights >= 0``.
     """
     if schedule not in SCHEDULES:
-        raise UsageError(f"unknown Perp-Neg schedule {schedule!r}: use 'threestudio' or 'stable-dreamfusion' (guidance.perp_neg.schedule)")
+        raise UsageError(
+            f"unknown Perp-Neg schedule {schedule!r}: use 'threestudio' or 'stable-dreamfusion' (guidance.perp_neg.schedule)"
+        )
     az = wrap_azimuth(torch.as_tensor(azimuth_deg).float().reshape(-1)).abs()
     B = az.shape[0]
     zeros = torch.zeros_like(az)
@@ -90,7 +93,9 @@ def perpneg_weights(
     neg_weights = torch.stack([front_w, side_w, zeros, zeros], dim=1).clamp_min(0.0)
 
     if schedule == "threestudio" and elevation_deg is not None:
-        overhead = (torch.as_tensor(elevation_deg, device=az.device).float().reshape(-1) > overhead_threshold).unsqueeze(1)
+        overhead = (
+            torch.as_tensor(elevation_deg, device=az.device).float().reshape(-1) > overhead_threshold
+        ).unsqueeze(1)
         one_hot = torch.zeros(B, 4, device=az.device)
         one_hot[:, OVERHEAD] = 1.0
         pos_mix = torch.where(overhead, one_hot, pos_mix)
@@ -116,24 +121,20 @@ def perpneg_params(perp_neg: Any) -> Dict[str, Any]:
 def nearest_view(
     azimuth_deg: torch.Tensor,
     elevation_deg: Optional[torch.Tensor] = None,
-    overhead_threshold: float = 60.0,
-    front_threshold: float = 45.0,
-    back_threshold: float = 45.0,
+    overhead_threshold: float = OVERHEAD_THRESHOLD_DEG,
 ) -> torch.Tensor:
-    """Index of the nearest view per sample, ``[B]`` long: front for |a| < 45, back for |a| > 135,
-    else side; overhead where elevation > ``overhead_threshold``."""
-    az = wrap_azimuth(torch.as_tensor(azimuth_deg).float().reshape(-1)).abs()
-    idx = torch.full(az.shape, SIDE, dtype=torch.long, device=az.device)
-    idx = torch.where(az < front_threshold, torch.full_like(idx, FRONT), idx)
-    idx = torch.where(az > 180.0 - back_threshold, torch.full_like(idx, BACK), idx)
-    if elevation_deg is not None:
-        high = torch.as_tensor(elevation_deg, device=az.device).float().reshape(-1) > overhead_threshold
-        idx = torch.where(high, torch.full_like(idx, OVERHEAD), idx)
-    return idx
+    """Index of the nearest view per sample, ``[B]`` long, by the cameras' view rule
+    (:func:`dreamperp.cameras.view_index`: front for |a| < 45, back for |a| > 135, else side;
+    overhead where elevation > ``overhead_threshold``)."""
+    az = torch.as_tensor(azimuth_deg).float()
+    el = None if elevation_deg is None else torch.as_tensor(elevation_deg, device=az.device).float()
+    return view_index(az, el, overhead_threshold)
 
 
 def nearest_view_mix(
-    azimuth_deg: torch.Tensor, elevation_deg: Optional[torch.Tensor] = None, overhead_threshold: float = 60.0
+    azimuth_deg: torch.Tensor,
+    elevation_deg: Optional[torch.Tensor] = None,
+    overhead_threshold: float = OVERHEAD_THRESHOLD_DEG,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain view-dependent prompting as ``(pos_mix [B, 4] one-hot, neg_weights [B, 4] zeros)``."""
     idx = nearest_view(azimuth_deg, elevation_deg, overhead_threshold)
@@ -141,7 +142,31 @@ def nearest_view_mix(
     return pos_mix, torch.zeros_like(pos_mix)
 
 
-def named_view_mix(view: str, batch: int, perp_neg: Any, elevation_deg: float = 0.0, use_perp_neg: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def view_mix(
+    perp_neg: Any,
+    azimuth_deg: Optional[torch.Tensor],
+    elevation_deg: Optional[torch.Tensor] = None,
+    *,
+    view_dependent: bool = True,
+) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """``(pos_mix [B, 4], neg_weights [B, 4])`` for cameras at these angles, on the azimuth's device.
+
+    ``perp_neg``: a ``PerpNegConfig``. Perp-Neg on: its schedule. Off: the nearest view prompt and
+    no negatives when ``view_dependent``, else ``(None, None)`` (the plain prompt), as also for no
+    azimuth.
+    """
+    if azimuth_deg is None:
+        return None, None
+    if perp_neg.enabled:
+        return perpneg_weights(azimuth_deg, elevation_deg, **perpneg_params(perp_neg))
+    if view_dependent:
+        return nearest_view_mix(azimuth_deg, elevation_deg, perp_neg.overhead_threshold)
+    return None, None
+
+
+def named_view_mix(
+    view: str, batch: int, perp_neg: Any, elevation_deg: float = 0.0, use_perp_neg: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(pos_mix, neg_weights)`` for a named view (front/side/back/overhead), ``[batch, 4]`` each.
 
     'overhead' is always the overhead prompt with no negatives (the stable-dreamfusion schedule has
@@ -159,4 +184,3 @@ def named_view_mix(view: str, batch: int, perp_neg: Any, elevation_deg: float = 
     if not use_perp_neg:
         return nearest_view_mix(az, el, perp_neg.overhead_threshold)
     return perpneg_weights(az, el, **perpneg_params(perp_neg))
-

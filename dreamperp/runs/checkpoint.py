@@ -197,12 +197,13 @@ def _evaluable(cfg: Config, scene_state: Dict[str, Any], device: torch.device) -
     installed; a tinycudann checkpoint where it cannot run → UsageError), and a pinned occupancy grid
     relaxed to 'auto' (without it the dense sampler renders the same field)."""
     from dreamperp.scene import pin_encoding
+    from dreamperp.scene.encoding import has_hash_grid
 
     cfg = pin_encoding(cfg, scene_state, device)
     render, scene = cfg.render, cfg.scene
     if render.estimator == "occgrid":
         render = replace(render, estimator="auto")
-    if scene.encoding == "tcnn" and not any(k.startswith("field.encoding.grid.") for k in scene_state):
+    if scene.encoding == "tcnn" and not has_hash_grid(scene_state):
         scene = replace(scene, encoding="auto")  # no grid in the state (not a real checkpoint): do not insist
     return replace(cfg, render=render, scene=scene)
 

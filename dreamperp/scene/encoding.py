@@ -74,10 +74,17 @@ def tcnn_usable(device: torch.device) -> bool:
 
 
 TCNN_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-_GRID_PREFIX = "field.encoding.grid."
+#: Where a Scene's state_dict holds the hash table (Scene.field → Field.encoding → the grid): the one
+#: place this key path is written.
+GRID_PREFIX = "field.encoding.grid."
 
 
-def checkpoint_backend(keys: Iterable[str], prefix: str = _GRID_PREFIX) -> Optional[str]:
+def has_hash_grid(keys: Iterable[str]) -> bool:
+    """Whether a scene ``state_dict``'s keys hold a hash grid."""
+    return any(k.startswith(GRID_PREFIX) for k in keys)
+
+
+def checkpoint_backend(keys: Iterable[str], prefix: str = GRID_PREFIX) -> Optional[str]:
     """The back end a scene ``state_dict``'s keys were saved from: ``"tcnn"`` (``<prefix>params``),
     ``"torch"`` (``<prefix>embeddings``), or None when they hold no hash grid."""
     names = {k[len(prefix):] for k in keys if k.startswith(prefix)}

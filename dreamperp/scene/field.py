@@ -14,13 +14,14 @@ central finite differences with step ``fd_eps`` (default) or by autograd (``norm
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreamperp.config import SceneConfig
+from dreamperp.scene.base_field import FieldBase
 from dreamperp.scene.encoding import HashGridEncoding
 
 # No-grad evaluation (export, chunked renders) runs in slices of this many points to bound memory.
@@ -45,8 +46,11 @@ def blob_bias(x: Tensor, blob_density: float, blob_radius: float) -> Tensor:
     return blob_density * (1.0 - x.norm(dim=-1) / blob_radius)
 
 
-class Field(nn.Module):
-    """Density + albedo field on the box ``[-bound, bound]^3`` (points outside are clamped to it)."""
+class Field(FieldBase):
+    """Density + albedo field on the box ``[-bound, bound]^3`` (points outside are clamped to it).
+
+    Implements :class:`~dreamperp.scene.base_field.FieldBase`: the features of ``get_density`` are
+    the hash-grid encoding, which the albedo MLP reads without encoding the points again."""
 
     def __init__(self, cfg: SceneConfig, device: Optional[torch.device | str] = None):
         super().__init__()
@@ -72,17 +76,15 @@ class Field(nn.Module):
             self.to(device)
 
     # ----------------------------------------------------------------------------- building blocks
-    def encode(self, x: Tensor) -> Tensor:
+    def _encode(self, x: Tensor) -> Tensor:
         """World points ``[N, 3]`` → hash-grid features ``[N, D]``."""
         return self.encoding((x / self.bound + 1.0) * 0.5)
 
-    def density_from_features(self, x: Tensor, h: Tensor) -> Tensor:
-        """Density ``[N]`` from points ``x [N, 3]`` and their features ``h = encode(x)``."""
+    def _density_from_features(self, x: Tensor, h: Tensor) -> Tensor:
         raw = self.density_net(h).squeeze(-1).float()
         return F.softplus(raw + blob_bias(x, self.blob_density, self.blob_radius))
 
-    def albedo_from_features(self, h: Tensor) -> Tensor:
-        """Albedo ``[N, 3]`` in [0, 1] from features ``h [N, D]``."""
+    def _albedo_from_features(self, h: Tensor) -> Tensor:
         return torch.sigmoid(self.albedo_net(h).float())
 
     def _sliced(self, fn, x: Tensor) -> Tensor:
@@ -90,20 +92,33 @@ class Field(nn.Module):
             return fn(x)
         return torch.cat([fn(part) for part in x.split(_NO_GRAD_SLICE)], 0)
 
-    # ---------------------------------------------------------------------------------- public API
-    def density(self, x: Tensor) -> Tensor:
-        """Density σ ≥ 0 at world points ``x [N, 3]`` → ``[N]``."""
-        return self._sliced(lambda p: self.density_from_features(p, self.encode(p)), x)
+    # ----------------------------------------------------------------------------- the contract
+    def get_density(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(σ [N], hash-grid features h [N, D])`` at world points ``x [N, 3]``."""
+        h = self._encode(x)
+        return self._density_from_features(x, h), h
 
-    def albedo(self, x: Tensor) -> Tensor:
-        """Albedo in [0, 1] at ``x [N, 3]`` → ``[N, 3]``."""
-        return self._sliced(lambda p: self.albedo_from_features(self.encode(p)), x)
+    def get_outputs(self, x: Tensor, features: Tensor) -> Dict[str, Tensor]:
+        """``{"albedo": sigmoid(mlp_c(h)) [N, 3]}`` from the features of :meth:`get_density`."""
+        return {"albedo": self._albedo_from_features(features)}
 
-    def normal(self, x: Tensor) -> Tensor:
+    def get_normals(self, x: Tensor) -> Tensor:
         """Unit outward normals ``−∇σ/|∇σ|`` at ``x [N, 3]`` → ``[N, 3]`` (differentiable when grad is on)."""
         if self.normals_mode == "analytic":
             return self._sliced(self._analytic_normal, x)
         return self._sliced(self._fd_normal, x)
+
+    def grid_parameters(self) -> List[nn.Parameter]:
+        return list(self.encoding.parameters())
+
+    # ------------------------------------------------------------------- cheaper point queries
+    def density(self, x: Tensor) -> Tensor:
+        """Density σ ≥ 0 at world points ``x [N, 3]`` → ``[N]`` (sliced without grad)."""
+        return self._sliced(lambda p: self._density_from_features(p, self._encode(p)), x)
+
+    def albedo(self, x: Tensor) -> Tensor:
+        """Albedo in [0, 1] at ``x [N, 3]`` → ``[N, 3]`` (no density evaluation)."""
+        return self._sliced(lambda p: self._albedo_from_features(self._encode(p)), x)
 
     def _fd_normal(self, x: Tensor) -> Tensor:
         eps = self.fd_eps

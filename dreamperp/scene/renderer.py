@@ -1,4 +1,4 @@
-"""Volume rendering of a :class:`Scene` (docs/design.md §6): sampling, compositing, shading and regularisers.
+"""Volume rendering of a :class:`~dreamperp.scene.scene.Scene` (docs/design.md §6): sampling, compositing, shading.
 
 Two samplers feed one compositing/shading routine:
 
@@ -30,170 +30,20 @@ where k = ``render.ambient_ratio``.
 
 from __future__ import annotations
 
-import logging
 import math
-from dataclasses import replace
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from dreamperp.config import Config, RenderConfig, SceneConfig
-from dreamperp.device import resolve_device
-from dreamperp.errors import UsageError
-from dreamperp.scene.background import Background
-from dreamperp.scene.encoding import backend_for_checkpoint, backend_mismatch, tcnn_usable
-from dreamperp.scene.field import Field
-from dreamperp.scene.nerfacc_cuda import nerfacc_cuda_status
+from dreamperp.scene.objectives import regularisers
+from dreamperp.scene.scene import Scene
 
 SHADING_MODES = ("albedo", "lambertian", "textureless")
 
-logger = logging.getLogger(__name__)
-
-
-def resolve_estimator(estimator: str, device: torch.device) -> str:
-    """``render.estimator`` → ``"dense"`` or ``"occgrid"`` for this device (nerfacc's CUDA kernels are
-    probed once per process, see :mod:`dreamperp.scene.nerfacc_cuda`)."""
-    if estimator == "auto":
-        if device.type != "cuda":
-            return "dense"
-        ok, why = nerfacc_cuda_status()
-        if ok:
-            return "occgrid"
-        logger.warning("%s: using the dense sampler", why)
-        return "dense"
-    if estimator == "occgrid":
-        if device.type != "cuda":
-            raise UsageError("render.estimator=occgrid needs CUDA (nerfacc's marching kernels); use render.estimator=dense or auto on CPU")
-        ok, why = nerfacc_cuda_status()
-        if not ok:
-            raise UsageError(f"render.estimator=occgrid but {why}; install a CUDA toolkit (nvcc) or use render.estimator=auto")
-    return estimator
-
-
-def pin_encoding(cfg: Config, scene_state: Mapping[str, Any], device: torch.device) -> Config:
-    """``cfg`` with ``scene.encoding`` set to the hash-grid back end ``scene_state`` was saved from,
-    so that loading or resuming builds the grid the checkpoint holds (docs/design.md §6): a
-    torch-grid run stays on the torch grid where tinycudann is installed. A tinycudann checkpoint
-    where tinycudann cannot run on ``device`` → UsageError."""
-    backend = backend_for_checkpoint(scene_state.keys(), tcnn_ok=tcnn_usable(device))
-    if backend is None or backend == cfg.scene.encoding:
-        return cfg
-    return replace(cfg, scene=replace(cfg.scene, encoding=backend))
-
-
-class Scene(nn.Module):
-    """Everything a checkpoint of the 3D half needs: field, background and (occgrid) occupancy grid.
-
-    ``state_dict()`` holds the hash grid, MLPs, background MLP and the occupancy grid buffers.
-    A checkpoint from an occgrid (CUDA) run loads into a dense (CPU) scene and vice versa; the
-    hash-grid back end (torch / tcnn) must match: build the scene from :func:`pin_encoding`'s config.
-    """
-
-    def __init__(
-        self,
-        field: nn.Module,
-        background: Background,
-        *,
-        bound: float,
-        render_cfg: RenderConfig,
-        estimator: Optional[nn.Module] = None,
-    ):
-        super().__init__()
-        self.field = field
-        self.background = background
-        self.bound = float(bound)
-        self.render_cfg = render_cfg
-        self.estimator = estimator
-        if estimator is not None:
-            # Until the first occupancy update every cell counts as occupied, so a fresh scene renders.
-            estimator.binaries.fill_(True)
-
-    @classmethod
-    def from_config(cls, cfg: Config, device: torch.device | str | None = None) -> "Scene":
-        """Build from ``cfg.scene`` / ``cfg.render`` on ``device`` (default: ``cfg.device``)."""
-        dev = resolve_device(device if device is not None else cfg.device)
-        sc: SceneConfig = cfg.scene
-        kind = resolve_estimator(cfg.render.estimator, dev)
-        estimator = None
-        if kind == "occgrid":
-            from nerfacc import OccGridEstimator
-
-            b = float(sc.bound)
-            estimator = OccGridEstimator(roi_aabb=[-b, -b, -b, b, b, b], resolution=cfg.render.occ_resolution, levels=1)
-        scene = cls(
-            Field(sc, device=dev),
-            Background(sc.background, sc.background_color),
-            bound=sc.bound,
-            render_cfg=cfg.render,
-            estimator=estimator,
-        )
-        return scene.to(dev)
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.field.parameters()).device
-
-    @property
-    def sampler(self) -> str:
-        """``"occgrid"`` or ``"dense"``."""
-        return "occgrid" if self.estimator is not None else "dense"
-
-    def density(self, x: Tensor) -> Tensor:
-        """Density at world points ``x [N, 3]`` → ``[N]``."""
-        return self.field.density(x)
-
-    def albedo(self, x: Tensor) -> Tensor:
-        """Albedo at world points ``x [N, 3]`` → ``[N, 3]``."""
-        return self.field.albedo(x)
-
-    def param_groups(self, lr_grid: float, lr_mlp: float) -> List[dict]:
-        """Adam parameter groups: ``"grid"`` (hash table) at ``lr_grid``, ``"mlp"`` (MLPs, background) at ``lr_mlp``."""
-        grid = list(self.field.encoding.parameters()) if hasattr(self.field, "encoding") else []
-        grid_ids = {id(p) for p in grid}
-        rest = [p for p in self.parameters() if id(p) not in grid_ids and p.requires_grad]
-        groups = [{"name": "grid", "params": grid, "lr": lr_grid}, {"name": "mlp", "params": rest, "lr": lr_mlp}]
-        return [g for g in groups if g["params"]]
-
-    @torch.no_grad()
-    def update_occupancy(self, step: int) -> None:
-        """Refresh the occupancy grid every ``render.occ_update_every`` steps (occgrid only; no-op otherwise)."""
-        if self.estimator is None or not self.training:
-            return
-        step_size = self.render_cfg.render_step_size
-
-        def occ_eval_fn(x: Tensor) -> Tensor:
-            return self.field.density(x)[:, None] * step_size  # ≈ opacity of one marching step
-
-        self.estimator.update_every_n_steps(
-            step=step, occ_eval_fn=occ_eval_fn, occ_thre=self.render_cfg.occ_threshold, n=self.render_cfg.occ_update_every
-        )
-
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # type: ignore[override]
-        """Like ``nn.Module.load_state_dict``, tolerating a present/absent occupancy grid."""
-        state = dict(state_dict)
-        own = self.state_dict()
-        has_est = any(k.startswith("estimator.") for k in own)
-        if not has_est:
-            state = {k: v for k, v in state.items() if not k.startswith("estimator.")}
-        elif not any(k.startswith("estimator.") for k in state):
-            state.update({k: v for k, v in own.items() if k.startswith("estimator.")})
-        mismatch = backend_mismatch(state.keys(), own.keys())
-        if mismatch is not None:  # build the scene with pin_encoding to avoid this
-            raise UsageError(mismatch)
-        return super().load_state_dict(state, strict=strict, assign=assign)
-
 
 # -------------------------------------------------------------------------------------- rendering
-def choose_shading(step: int, render_cfg: RenderConfig) -> str:
-    """Training shading for ``step``: albedo during warm-up, then textureless with probability
-    ``textureless_prob``, else lambertian (one draw from torch's RNG after warm-up)."""
-    if step < render_cfg.albedo_warmup_steps:
-        return "albedo"
-    return "textureless" if float(torch.rand(())) < render_cfg.textureless_prob else "lambertian"
-
-
 def _per_ray(value: Optional[Tensor], lead: torch.Size, device: torch.device) -> Optional[Tensor]:
     """A colour/position given as [3], [B, 3] (one per view, B = lead[0]) or [*lead, 3] → [*lead, 3]."""
     if value is None:
@@ -216,7 +66,7 @@ def ray_sphere(rays_o: Tensor, rays_d: Tensor, radius: float) -> tuple[Tensor, T
     return torch.where(hit, near, 0.0), torch.where(hit, far, 0.0), hit
 
 
-def render(
+def render_rays(
     scene: Scene,
     rays_o: Tensor,
     rays_d: Tensor,
@@ -232,12 +82,13 @@ def render(
     ``light_pos``: point light ``[3]``, ``[B, 3]`` (one per view of ``[B, H, W, 3]`` rays) or per ray;
     default: at the ray origin (a head light). ``bg_color``: same shapes; default: the scene's
     background. ``train``: jittered samples and random backgrounds. ``need_normals=False`` skips
-    the normal evaluation (``normal`` is then zero and ``orient`` 0); shading other than
+    the normal evaluation (``normal`` and ``orient_map`` are then zero); shading other than
     ``albedo`` needs normals.
 
-    Returns ``rgb [..., 3]``, ``opacity [..., 1]``, ``depth [..., 1]``, ``normal [..., 3]`` and the
-    scalar regularisers ``orient`` (mean over rays of Σ stopgrad(w_i)·max(0, n_i·d)²), ``sparsity``
-    (mean opacity) and ``opacity_entropy`` (mean binary entropy of the opacity).
+    Returns renders only: ``rgb [..., 3]``, ``opacity [..., 1]``, ``depth [..., 1]``,
+    ``normal [..., 3]`` and ``orient_map [..., 1]`` (per ray Σ stopgrad(w_i)·max(0, n_i·d)², how
+    much the visible normals face away from the camera); the objectives built on them live in
+    :mod:`dreamperp.scene.objectives`.
     """
     if shading not in SHADING_MODES:
         raise ValueError(f"shading must be one of {SHADING_MODES}, got {shading!r}")
@@ -274,18 +125,23 @@ def render(
     )
     opacity = out["opacity"]
     rgb = out["rgb"] + (1.0 - opacity) * bg.reshape(-1, 3).to(opacity.dtype)
-    result = {
+    return {
         "rgb": rgb.view(*lead, 3),
         "opacity": opacity.view(*lead, 1),
         "depth": out["depth"].view(*lead, 1),
         "normal": out["normal"].view(*lead, 3),
-        "orient": out["orient"].sum() / max(n_rays, 1),
-        "sparsity": opacity.mean() if n_rays else opacity.sum(),
+        "orient_map": out["orient"].view(*lead, 1),
     }
-    o_c = opacity.clamp(1e-5, 1 - 1e-5)
-    entropy = -(o_c * torch.log(o_c) + (1 - o_c) * torch.log(1 - o_c))
-    result["opacity_entropy"] = entropy.mean() if n_rays else entropy.sum()
-    return result
+
+
+def render(scene: Scene, rays_o: Tensor, rays_d: Tensor, **kwargs) -> Dict[str, Tensor]:
+    """:func:`render_rays` plus the scalar regularisers of :func:`dreamperp.scene.objectives.regularisers`
+    under their short names (``orient``, ``sparsity``, ``opacity_entropy``): one call for callers
+    that want a render and its regulariser values together (tests, tools). Training weights the
+    ``loss_*`` dict of the objectives by name instead."""
+    out = render_rays(scene, rays_o, rays_d, **kwargs)
+    out.update({name[len("loss_") :]: value for name, value in regularisers(out).items()})
+    return out
 
 
 def _dense_samples(scene: Scene, o: Tensor, d: Tensor, near: Tensor, far: Tensor, hit: Tensor, train: bool) -> dict:
@@ -302,12 +158,14 @@ def _dense_samples(scene: Scene, o: Tensor, d: Tensor, near: Tensor, far: Tensor
     jitter = torch.rand(r, s, device=o.device) if train else torch.full((r, s), 0.5, device=o.device)
     t = t0 + (t1 - t0) * jitter
     x = (o[:, None, :] + d[:, None, :] * t[..., None]).reshape(-1, 3)
-    h = scene.field.encode(x)
-    sigma = scene.field.density_from_features(x, h).view(r, s)
+    sigma, h = scene.field.get_density(x)
+    sigma = sigma.view(r, s)
     weights, _, _ = render_weight_from_density(t0, t1, sigma)
     # Keep a sample unless it is among the lowest-weight ones of its ray summing to <= skip_weight.
     low_first, order = weights.detach().sort(-1)
-    keep = torch.zeros_like(weights, dtype=torch.bool).scatter_(-1, order, low_first.cumsum(-1) > scene.render_cfg.skip_weight)
+    keep = torch.zeros_like(weights, dtype=torch.bool).scatter_(
+        -1, order, low_first.cumsum(-1) > scene.render_cfg.skip_weight
+    )
     return {
         "x": x,
         "h": h,
@@ -344,8 +202,7 @@ def _occgrid_samples(scene: Scene, o: Tensor, d: Tensor, near: Tensor, far: Tens
     ray_idx = ray_idx.long()
     t = (t0 + t1) * 0.5
     x = o[ray_idx] + d[ray_idx] * t[:, None]
-    h = field.encode(x)
-    sigma = field.density_from_features(x, h)
+    sigma, h = field.get_density(x)
     weights, _, _ = render_weight_from_density(t0, t1, sigma, ray_indices=ray_idx, n_rays=o.shape[0])
     return {"x": x, "h": h, "t": t, "weights": weights, "ray": ray_idx, "keep": None}
 
@@ -361,7 +218,7 @@ def _shade_and_composite(
     need_normals: bool,
     ambient: float,
 ) -> Dict[str, Tensor]:
-    """Per-ray sums over flat samples (x, h, t, weights, ray) → rgb (no background), opacity, depth, normal, orient."""
+    """Per-ray sums over flat samples (x, h, t, weights, ray) → rgb (no background), opacity, depth, normal, orient [R]."""
     field = scene.field
     w, ray = s["weights"], s["ray"]
     dev, dtype = d.device, w.dtype
@@ -373,11 +230,11 @@ def _shade_and_composite(
     keep = s["keep"]
     active = keep.nonzero().squeeze(1) if keep is not None else torch.arange(w.shape[0], device=dev)
     wa, ra, xa = w[active], ray[active], s["x"][active]
-    albedo = field.albedo_from_features(s["h"][active])
+    albedo = field.get_outputs(xa, s["h"][active])["albedo"]
     normal_sum = torch.zeros(n_rays, 3, dtype=dtype, device=dev)
     orient = zeros1
     if need_normals and active.numel() > 0:
-        n = field.normal(xa)
+        n = field.get_normals(xa)
         normal_sum = normal_sum.index_add(0, ra, wa[:, None] * n)
         facing_away = (n * d[ra]).sum(-1).clamp_min(0)
         orient = zeros1.index_add(0, ra, wa.detach() * facing_away**2)

@@ -26,12 +26,13 @@ import torch
 from torch import Tensor
 
 from dreamperp.cameras import wrap_azimuth
+from dreamperp.config import BACK_MIN_AZIMUTH_DEG
 from dreamperp.errors import UsageError
 from dreamperp.toy.captions import VIEWS
 from dreamperp.toy.world import COLOUR_NAMES, FAMILIES, view_of
 
 FRONT, SIDE, BACK, OVERHEAD = (VIEWS.index(v) for v in ("front", "side", "back", "overhead"))
-BACK_SECTOR_DEG = 135.0  # |azimuth| above this is the back sector of the Janus test
+BACK_SECTOR_DEG = BACK_MIN_AZIMUTH_DEG  # |azimuth| above this is the back sector of the Janus test (the view rule's back)
 JANUS_FRONT_PROB = 0.5  # a back-sector frame with p(front) above this makes the run Janus
 
 

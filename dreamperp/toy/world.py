@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamperp.cameras import CameraBatch, camera_rays, make_cameras, wrap_azimuth
-from dreamperp.config import DataConfig
+from dreamperp.cameras import CameraBatch, camera_rays, make_cameras, view_index, wrap_azimuth
+from dreamperp.config import OVERHEAD_THRESHOLD_DEG, DataConfig
 from dreamperp.toy.captions import VIEWS, CaptionBias, caption, sample_views
 
 FAMILIES: tuple[str, ...] = ("bird", "cat", "robot")
@@ -38,7 +38,7 @@ COLOUR_NAMES: tuple[str, ...] = tuple(COLOURS)
 PART_NAMES: tuple[str, ...] = ("background", "body", "face", "eye", "front", "back", "side")
 PART = {name: i for i, name in enumerate(PART_NAMES)}
 
-OVERHEAD_MIN_ELEVATION = 60.0  # views above this elevation are "overhead"
+OVERHEAD_MIN_ELEVATION = OVERHEAD_THRESHOLD_DEG  # views above this elevation are "overhead"
 OVERHEAD_ELEVATION_RANGE = (62.0, 85.0)  # where overhead toy images are drawn
 
 _WHITE = (0.96, 0.96, 0.94)
@@ -184,9 +184,7 @@ def _intersect(shape: _Shape, rays_o: Tensor, rays_d: Tensor) -> tuple[Tensor, T
 
 def view_of(azimuth_deg: Tensor, elevation_deg: Tensor) -> Tensor:
     """View index into VIEWS ``[B]``: overhead when elevation > 60°, else front |a| < 45°, side 45°-135°, back > 135°."""
-    a = azimuth_deg.abs()
-    view = torch.where(a < 45, 0, torch.where(a <= 135, 1, 2))
-    return torch.where(elevation_deg > OVERHEAD_MIN_ELEVATION, 3, view).long()
+    return view_index(azimuth_deg, elevation_deg)  # the one view rule, shared with view conditioning
 
 
 def render(

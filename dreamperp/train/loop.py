@@ -116,7 +116,7 @@ class TrainLoop:
         if t.scaler is not None:  # read on logging steps only: get_scale() syncs with the device
             rec["scaler_skips"] = t.scaler_skips
             rec["grad_scale"] = t.scaler.get_scale()
-        rec["lr_grid"] = t.optimizer.param_groups[0]["lr"]
+        rec["lr_grid"] = next((g["lr"] for g in t.optimizer.param_groups if g.get("name") == "grid"), None)  # by name, not position
         return rec
 
     def fit(self) -> int:

@@ -26,10 +26,12 @@ import numpy as np
 import torch
 
 from dreamperp.config import Config, TrainerConfig, to_yaml
-from dreamperp.device import no_rng_side_effects, resolve_device
+from dreamperp.device import resolve_device
 from dreamperp.files import atomic_write_bytes
 from dreamperp.images import labeled_grid, png_bytes, to_uint8
+from dreamperp.plan import StepPlan, choose_shading, plan_step, render_size
 from dreamperp.runs.checkpoint import rng_state, set_rng_state
+from dreamperp.scene.objectives import photometric, regularisers, weighted_sum
 
 
 def seed_everything(seed: int) -> None:
@@ -86,7 +88,9 @@ class Trainer:
             if dataset is None:
                 dataset = load_dataset(cfg)
             self.dataset = dataset
-        self.scaler = grad_scaler_for(tr, self.device, getattr(self.prior, "dtype", None)) if self.prior is not None else None
+        self.scaler = (
+            grad_scaler_for(tr, self.device, getattr(self.prior, "dtype", None)) if self.prior is not None else None
+        )
         self.step = 0
         self.skipped_steps = 0  # bad steps: non-finite loss or gradient, no update
         self.scaler_skips = 0  # steps the GradScaler skipped (fp16 overflow at a scale > 1), no update
@@ -116,7 +120,11 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "prior": self.prior.state_dict() if self.prior is not None else None,
             "rng": rng_state(),
-            "trainer": {"skipped_steps": self.skipped_steps, "scaler_skips": self.scaler_skips, "bad_in_row": self.bad_in_row},
+            "trainer": {
+                "skipped_steps": self.skipped_steps,
+                "scaler_skips": self.scaler_skips,
+                "bad_in_row": self.bad_in_row,
+            },
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
@@ -135,55 +143,43 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ schedules
     def resolution(self, step: int) -> Tuple[int, int]:
-        """(height, width) of training renders at ``step``."""
-        d = self.cfg.data
-        if d.upscale_step >= 0 and step >= d.upscale_step:
-            return d.upscale_height, d.upscale_width
-        return d.height, d.width
-
-    def regulariser_scale(self, step: int) -> float:
-        """Factor in [0, 1] on the regulariser weights: a linear ramp over ``loss.ramp_steps``."""
-        ramp = self.cfg.loss.ramp_steps
-        return 1.0 if ramp <= 0 else min(1.0, step / ramp)
-
-    def regularisers(self, out: Dict[str, torch.Tensor], step: int) -> torch.Tensor | float:
-        """Weighted orientation, sparsity and opacity-entropy terms of a render at ``step``."""
-        lc, reg = self.cfg.loss, self.regulariser_scale(step)
-        total: torch.Tensor | float = 0.0
-        for name, weight in (("orient", lc.lambda_orient), ("sparsity", lc.lambda_sparsity), ("opacity_entropy", lc.lambda_opacity_entropy)):
-            if weight > 0 and reg > 0:
-                total = total + (weight * reg) * out[name]
-        return total
+        """(height, width) of training renders at ``step`` (the step plan's)."""
+        return render_size(self.cfg.data, step)
 
     # ---------------------------------------------------------------------------------- steps
-    def text_losses(self, step: int) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    def text_losses(self, plan: StepPlan) -> Tuple[torch.Tensor, Dict[str, Any]]:
         """SDS + regularisers for one batch of random views. Returns (loss, metrics as tensors/values)."""
         from dreamperp.cameras import (
             camera_rays,
             sample_cameras,
             sample_light_positions,
         )
-        from dreamperp.scene import choose_shading, render
+        from dreamperp.scene import render_rays
 
-        cfg, lc = self.cfg, self.cfg.loss
-        h, w = self.resolution(step)
-        cams = sample_cameras(cfg.data, cfg.data.batch_size, h, w, self.device, step=step)
+        cfg, step = self.cfg, plan.step
+        h, w = plan.height, plan.width
+        cams = sample_cameras(
+            cfg.data,
+            cfg.data.batch_size,
+            h,
+            w,
+            self.device,
+            azimuth_range=plan.azimuth_range,
+            front_share=plan.front_share,
+        )
         rays_o, rays_d = camera_rays(cams)
-        shading = choose_shading(step, cfg.render)
+        shading = "albedo" if plan.albedo_only else choose_shading(step, cfg.render)
         light = sample_light_positions(cams, cfg.render.light_distance_range) if shading != "albedo" else None
-        need_normals = lc.lambda_orient > 0 and self.regulariser_scale(step) > 0  # render adds them for lit shading
-        out = render(self.scene, rays_o, rays_d, shading=shading, light_pos=light, train=True, need_normals=need_normals)
+        out = render_rays(
+            self.scene, rays_o, rays_d, shading=shading, light_pos=light, train=True, need_normals=plan.need_normals
+        )
+        regs = regularisers(out)
         images = out["rgb"].permute(0, 3, 1, 2)  # [B, 3, H, W]
         assert self.prior is not None
         # CPU angles let the prior drop negative views whose weight is zero for the whole batch.
         loss_sds, info = self.prior.sds(images, cams.azimuth_deg.cpu(), cams.elevation_deg.cpu(), step)
-        terms = {
-            "loss_sds": loss_sds,
-            "loss_orient": out["orient"],
-            "loss_sparsity": out["sparsity"],
-            "loss_opacity_entropy": out["opacity_entropy"],
-        }
-        loss = lc.lambda_sds * loss_sds + self.regularisers(out, step)
+        terms = {"loss_sds": loss_sds, **regs}
+        loss = weighted_sum({"loss_sds": loss_sds}, plan.weights) + weighted_sum(regs, plan.weights, skip_zero=True)
         metrics: Dict[str, Any] = dict(terms)
         metrics["t"] = info["t"].float().mean()
         metrics["t_max"] = info.get("t_max")
@@ -199,21 +195,27 @@ class Trainer:
         }
         return loss, metrics
 
-    def multiview_losses(self, step: int) -> Tuple[torch.Tensor, Dict[str, Any]]:
+    def multiview_losses(self, plan: StepPlan) -> Tuple[torch.Tensor, Dict[str, Any]]:
         """Photometric MSE on random dataset rays + opacity-vs-alpha MSE."""
-        from dreamperp.scene import render
+        from dreamperp.scene import render_rays
 
         cfg, lc = self.cfg, self.cfg.loss
         assert self.dataset is not None
         batch = self.dataset.sample_rays(cfg.data.rays_per_step, background=cfg.data.background, device=self.device)
-        out = render(
-            self.scene, batch.rays_o, batch.rays_d, shading="albedo", bg_color=batch.bg_color, train=True, need_normals=lc.lambda_orient > 0
+        out = render_rays(
+            self.scene,
+            batch.rays_o,
+            batch.rays_d,
+            shading="albedo",
+            bg_color=batch.bg_color,
+            train=True,
+            need_normals=lc.lambda_orient > 0,
         )
-        loss_rgb = torch.mean((out["rgb"] - batch.rgb) ** 2)  # targets are already composited on bg_color
-        loss_alpha = torch.mean((out["opacity"] - batch.alpha) ** 2)
-        loss = lc.lambda_rgb * loss_rgb + lc.lambda_alpha * loss_alpha + self.regularisers(out, step)
-        psnr = -10.0 * torch.log10(loss_rgb.detach().clamp_min(1e-10))
-        return loss, {"loss_rgb": loss_rgb, "loss_alpha": loss_alpha, "psnr": psnr}
+        regs = regularisers(out)
+        terms = photometric(out, batch.rgb, batch.alpha)  # targets are already composited on bg_color
+        loss = weighted_sum(terms, plan.weights) + weighted_sum(regs, plan.weights, skip_zero=True)
+        psnr = -10.0 * torch.log10(terms["loss_rgb"].detach().clamp_min(1e-10))
+        return loss, {**terms, "psnr": psnr}
 
     def train_step(self) -> Dict[str, Any]:
         """Run step ``self.step``: loss, backward, and an optimizer update unless the loss or a
@@ -226,9 +228,10 @@ class Trainer:
         keep the one host sync of the finite check.
         """
         step = self.step
+        plan = plan_step(self.cfg, step)  # everything the config decides about this step
         self.scene.train()
         losses = self.text_losses if self.mode == "text" else self.multiview_losses
-        loss, metrics = losses(step)
+        loss, metrics = losses(plan)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -236,7 +239,7 @@ class Trainer:
         else:
             loss.backward()
         grads = [p.grad for p in self.params if p.grad is not None]
-        grad_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros((), device=self.device)
+        grad_norm = torch.nn.utils.get_total_norm(grads) if grads else torch.zeros((), device=self.device)  # public API
         finite_loss = torch.isfinite(loss.detach())
         skipped = not bool(finite_loss & torch.isfinite(grad_norm))  # one host sync per step
         if not skipped:
@@ -249,7 +252,12 @@ class Trainer:
         if self.scaler is not None:
             self.scaler.update()  # halves the scale when unscale_ found inf/NaN gradients
         if skipped:
-            dropped = self.scaler is not None and scale_before is not None and scale_before > 1.0 and self.scaler.get_scale() < scale_before
+            dropped = (
+                self.scaler is not None
+                and scale_before is not None
+                and scale_before > 1.0
+                and self.scaler.get_scale() < scale_before
+            )
             if dropped and bool(finite_loss):  # an overflow the scale explains
                 self.scaler_skips += 1
             else:
@@ -257,38 +265,30 @@ class Trainer:
                 self.bad_in_row += 1
             self._sanitize_prior_state()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scene.update_occupancy(step)
+        if plan.refresh_occupancy:
+            self.scene.update_occupancy(step)
         self.step = step + 1
         metrics.update(loss=loss.detach(), grad_norm=grad_norm.detach(), skipped=skipped)
         return metrics
 
     def _sanitize_prior_state(self) -> None:
-        """After a non-finite step, drop SEGA momentum that may have picked up the bad values."""
+        """After a non-finite step, drop guidance state (SEGA momentum) that may have picked up the bad values."""
+        from dreamperp.guidance.score import finite_state
+
         if self.prior is None:
             return
         state = self.prior.state_dict()
-        m = state.get("sega_momentum") if isinstance(state, dict) else None
-        if m is not None and not bool(torch.isfinite(m).all()):
-            self.prior.load_state_dict({**state, "sega_momentum": None})
+        clean = finite_state(state) if isinstance(state, dict) else state
+        if clean is not state:
+            self.prior.load_state_dict(clean)
 
     # ---------------------------------------------------------------------------- validation
     def validation_grid(self) -> np.ndarray:
         """uint8 image: columns front, side, back, overhead; rows rgb | normals | opacity (with labels)."""
-        from dreamperp.cameras import FIXED_VIEW_NAMES, camera_rays, fixed_views
-        from dreamperp.multiview import eval_background
-        from dreamperp.scene import render_chunked
+        from dreamperp.cameras import FIXED_VIEW_NAMES
+        from dreamperp.train.validation import render_fixed_views
 
-        size = self.cfg.trainer.val_size
-        cams = fixed_views(self.cfg.data, size, size, self.device)
-        rays_o, rays_d = camera_rays(cams)
-        was_training = self.scene.training
-        self.scene.eval()
-        try:
-            with no_rng_side_effects(self.device):
-                bg = eval_background(self.cfg, self.device)
-                out = render_chunked(self.scene, rays_o, rays_d, shading="albedo", bg_color=bg, need_normals=True)
-        finally:
-            self.scene.train(was_training)
+        out = render_fixed_views(self.scene, self.cfg, self.cfg.trainer.val_size, self.device)
         opacity = out["opacity"].clamp(0, 1)
         normal = (out["normal"] * 0.5 + 0.5) * opacity + (1.0 - opacity)  # white where empty
         rows = [out["rgb"].clamp(0, 1), normal.clamp(0, 1), opacity.expand(-1, -1, -1, 3)]
