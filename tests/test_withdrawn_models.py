@@ -85,7 +85,7 @@ def test_default_configs_name_no_withdrawn_model() -> None:
     assert Config().guidance.model == NEW
     assert load_config(CONFIGS / "default.yaml", require_prompt=False).guidance.model == NEW
     for path in sorted((CONFIGS).glob("*.yaml")):
-        model = (yaml.safe_load(path.read_text()).get("guidance") or {}).get("model")
+        model = ((yaml.safe_load(path.read_text()) or {}).get("guidance") or {}).get("model")
         assert model not in WITHDRAWN_MODELS, path.name
 
 
