@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("training", ("dreamperp.train",)),
     ("export", ("dreamperp.export",)),
     ("commands", (
-        "dreamperp.sample", "dreamperp.train_command", "dreamperp.doctor", "dreamperp.batch", "dreamperp.viewer", "dreamperp.cli", "dreamperp.__main__",
+        "dreamperp.commands", "dreamperp.sample", "dreamperp.doctor", "dreamperp.batch", "dreamperp.viewer", "dreamperp.cli", "dreamperp.__main__",
     )),
 ]
 
