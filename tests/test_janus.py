@@ -1,5 +1,5 @@
-"""Janus metrics of turntables (dreamperp.toy.janus), the turntable scorer of a trained run
-(dreamperp.export.janus) and tools/bench_janus.py's bookkeeping."""
+"""Janus metrics of turntables (research.toy.janus), the turntable scorer of a trained run
+(research.toy.turntable) and tools/bench_janus.py's bookkeeping."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 
 from dreamperp.cameras import orbit_cameras
 from dreamperp.errors import UsageError
-from dreamperp.toy.janus import BACK, FRONT, SIDE, front_arcs, parse_toy_prompt, score_turntable
-from dreamperp.toy.world import COLOUR_NAMES, FAMILIES, render, view_of
+from research.toy.janus import BACK, FRONT, SIDE, front_arcs, parse_toy_prompt, score_turntable
+from research.toy.world import COLOUR_NAMES, FAMILIES, render, view_of
 
 ROOT = Path(__file__).resolve().parents[1]
 AZ36 = torch.arange(36) * 10.0  # the turntable's azimuths 0, 10, ..., 350 (wrapped inside the metrics)
@@ -134,7 +134,7 @@ def test_bad_inputs() -> None:
 # ------------------------------------------------------------------------------- with the classifier
 def shipped_classifier():
     from dreamperp.toy.assets import toy_asset_path
-    from dreamperp.toy.classifier import ToyClassifier
+    from research.toy.classifier import ToyClassifier
 
     try:
         return ToyClassifier.load(toy_asset_path("toy-classifier"))
@@ -145,7 +145,7 @@ def shipped_classifier():
 def test_ground_truth_turntables_with_the_shipped_classifier() -> None:
     """Toy-world renders of a turntable score ≈ 1 and no Janus; with the back frames replaced by
     front renders they are Janus."""
-    from dreamperp.toy.janus import score_images
+    from research.toy.janus import score_images
 
     clf = shipped_classifier()
     cams = orbit_cameras(36, 15.0, 1.75, 55.0, 32, 32)
@@ -173,9 +173,9 @@ def test_short_toy_text_to_3d_scored_end_to_end(tmp_path: Path, tiny_pixel_dir: 
     else a randomly initialised one (this test checks the plumbing; the metric values are tested above).
     """
     from dreamperp.cli import main
-    from dreamperp.export.janus import score_run
     from dreamperp.toy.assets import assets_root
-    from dreamperp.toy.classifier import ToyClassifier
+    from research.toy.classifier import ToyClassifier
+    from research.toy.turntable import score_run
 
     model = "toy" if (assets_root() / "toy-prior" / "model_index.json").is_file() else str(tiny_pixel_dir)
     out = tmp_path / "out"
@@ -236,7 +236,7 @@ def fake_result(tool, key: str, group: str, seed: int, janus: bool, vc: float, c
 
 def test_bench_plan_resume_table_and_contact_sheet(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Finished runs (a result file) are not trained again; the table, CSVs and contact sheet come from the results."""
-    from dreamperp.toy.classifier import ToyClassifier
+    from research.toy.classifier import ToyClassifier
 
     tool = load_tool()
     clf_dir = ToyClassifier().save(tmp_path / "clf")

@@ -1,4 +1,5 @@
-"""The package's layers import only downwards, and no modules import each other (docs/design.md §1).
+"""The package's layers import only downwards, no modules import each other, and the package never
+imports the research code outside it (docs/design.md §1).
 
 Read from the source (every ``import`` statement, including the deferred ones inside functions),
 so a cycle cannot hide behind a local import.
@@ -12,6 +13,8 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "dreamperp"
+# The research code's home, outside the wheel (docs/design.md §10): it may import dreamperp, never the reverse.
+RESEARCH = "research"
 
 # Lowest first. A module may import its own layer and the layers before it, never a later one.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
@@ -19,7 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("config", ("dreamperp.config",)),
     ("step plan", ("dreamperp.plan",)),
     ("cameras and datasets", ("dreamperp.cameras", "dreamperp.multiview")),
-    ("toy world", ("dreamperp.toy",)),
+    ("toy models", ("dreamperp.toy",)),
     ("diffusion weights", ("dreamperp.models",)),
     ("scene", ("dreamperp.scene",)),
     ("run folders", ("dreamperp.runs",)),
@@ -27,7 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("training", ("dreamperp.train",)),
     ("export", ("dreamperp.export",)),
     ("commands", (
-        "dreamperp.sample", "dreamperp.train_command", "dreamperp.doctor", "dreamperp.batch", "dreamperp.viewer", "dreamperp.cli", "dreamperp.__main__",
+        "dreamperp.commands", "dreamperp.sample", "dreamperp.doctor", "dreamperp.batch", "dreamperp.viewer", "dreamperp.cli", "dreamperp.__main__",
     )),
 ]
 
@@ -138,3 +141,30 @@ def test_field_is_used_only_through_its_contract() -> None:
             if is_field and node.attr not in FIELD_CONTRACT:
                 wrong.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: field.{node.attr}")
     assert not wrong, "\n".join(wrong)
+
+
+def research_imports(path: Path) -> list[str]:
+    """``line: module`` for every import of the research package in ``path``, deferred ones included."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        else:
+            continue
+        found += [f"{node.lineno}: {name}" for name in names if name.split(".")[0] == RESEARCH]
+    return found
+
+
+def test_the_package_never_imports_the_research_code() -> None:
+    """The product runs from the wheel, which does not hold ``research/`` (the toy world, its
+    classifier, the Janus metrics): the shipped toy models are found by dreamperp/toy/assets.py alone."""
+    wrong = [f"{path.relative_to(PACKAGE.parent)}:{hit}" for path in sorted(PACKAGE.rglob("*.py")) for hit in research_imports(path)]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_research_check_sees_every_import_form(tmp_path: Path) -> None:
+    src = tmp_path / "x.py"
+    src.write_text("import research.toy.world\ndef f():\n    from research.toy import janus\nfrom dreamperp.toy import assets\n")
+    assert research_imports(src) == ["1: research.toy.world", "3: research.toy"]

@@ -236,7 +236,7 @@ def test_probe_sds2d_start_pictures() -> None:
     'disc' is white outside a body-coloured disc; 'gt' is the render itself."""
     import torch
 
-    from dreamperp.toy import world
+    from research.toy import world
 
     probe = _load_tool("probe_sds2d")
     family, colour = world.FAMILIES.index("bird"), world.COLOUR_NAMES.index("red")

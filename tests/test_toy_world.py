@@ -12,8 +12,8 @@ import torch
 from dreamperp.cameras import make_cameras
 from dreamperp.errors import UsageError
 from dreamperp.toy.assets import toy_asset_path
-from dreamperp.toy.captions import VIEWS, CaptionBias, caption, sample_views
-from dreamperp.toy.world import (
+from research.toy.captions import VIEWS, CaptionBias, caption, sample_views
+from research.toy.world import (
     COLOUR_NAMES,
     FAMILIES,
     PART,
@@ -117,7 +117,7 @@ def test_missing_assets_name_the_tool_that_rebuilds_them(tmp_path: Path) -> None
 
 
 def test_shipped_classifier_reads_fresh_renders() -> None:
-    from dreamperp.toy.classifier import ToyClassifier
+    from research.toy.classifier import ToyClassifier
 
     model = ToyClassifier.load(toy_asset_path("toy-classifier"))
     g = torch.Generator().manual_seed(123)

@@ -49,6 +49,7 @@ def test_wheel_installs_and_runs_the_quick_start_from_an_empty_folder(tmp_path: 
     assert "dreamperp/toy/weights/toy-prior/unet/diffusion_pytorch_model.safetensors" in names
     assert "dreamperp/toy/weights/toy-classifier/model.safetensors" in names
     assert not [n for n in names if n.startswith(("assets/", "benchmarks/", "tests/", "tools/"))]
+    assert not [n for n in names if n.startswith(("research/", "dreamperp/toy/world.py"))]  # research code stays out (docs/design.md §1)
     assert wheel.stat().st_size <= 15 * 2**20
 
     venv = tmp_path / "venv"

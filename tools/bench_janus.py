@@ -4,7 +4,7 @@ For every family of the toy world (one colour each), several seeds and each view
 method, train ``configs/toy.yaml`` with ``dreamperp train`` itself (one ``python -m dreamperp train``
 process per run: the same code, settings and seeds for every method; only the method's overrides
 differ), render a turntable of 36 frames at ``data.eval_elevation`` and classify every frame with
-the toy classifier (``dreamperp.export.janus``). Per run, the metrics of ``dreamperp.toy.janus``:
+the toy classifier (``research.toy.turntable``). Per run, the metrics of ``research.toy.janus``:
 
 - view consistency: the share of frames whose predicted view is the true view of the azimuth;
 - Janus: a back-sector frame (|a| > 135°) seen as "front" with p > 0.5, or the predicted-front
@@ -73,8 +73,8 @@ from dreamperp.batch import cpu_count, parse_seeds, thread_env  # noqa: E402
 from dreamperp.errors import DreamperpError, UsageError  # noqa: E402
 from dreamperp.files import atomic_write_bytes, atomic_write_text  # noqa: E402
 from dreamperp.images import png_bytes, to_uint8  # noqa: E402
-from dreamperp.toy.janus import is_one_face  # noqa: E402
-from dreamperp.toy.world import COLOUR_NAMES, FAMILIES  # noqa: E402
+from research.toy.janus import is_one_face  # noqa: E402
+from research.toy.world import COLOUR_NAMES, FAMILIES  # noqa: E402
 
 #: method → (label, config overrides). Perp-Neg takes precedence over view_dependent in the prior.
 METHODS: Dict[str, tuple[str, List[str]]] = {
@@ -201,9 +201,9 @@ def score_folder(
     folder: Path, classifier: Any, run: Dict[str, Any], frames: int, size: int = 0, strip: bool = True
 ) -> tuple[Dict[str, Any], Optional[np.ndarray]]:
     """Score a trained run: the result dict and (with ``strip``) its contact strip ``[8, S, S, 3]`` uint8."""
-    from dreamperp.export.janus import azimuth_cameras, render_frames, score_scene
     from dreamperp.runs.checkpoint import load_run
-    from dreamperp.toy.janus import parse_toy_prompt
+    from research.toy.janus import parse_toy_prompt
+    from research.toy.turntable import azimuth_cameras, render_frames, score_scene
 
     loaded = load_run(folder, device="cpu")
     scored = score_scene(loaded.scene, loaded.cfg, classifier, frames=frames, size=size or None)
@@ -374,7 +374,7 @@ def check_settings(out: Path, args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------------ main
 def bench(args: argparse.Namespace) -> Dict[str, Any]:
     from dreamperp.toy.assets import toy_asset_path
-    from dreamperp.toy.classifier import ToyClassifier
+    from research.toy.classifier import ToyClassifier
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():

@@ -74,7 +74,7 @@ SAMPLERS: Dict[str, Dict[str, Any]] = {
     "perp-neg": dict(enabled=True, projection=True, schedule="threestudio"),
     "perp-neg-sdf": dict(enabled=True, projection=True, schedule="stable-dreamfusion"),
 }
-# The toy world's lists, used when dreamperp.toy is not importable (it then cannot classify either).
+# The toy world's lists, used when research.toy is not importable (it then cannot classify either).
 FALLBACK_FAMILIES = ("bird", "cat", "robot")
 FALLBACK_COLOURS = ("red", "green", "blue", "yellow")
 
@@ -82,7 +82,7 @@ FALLBACK_COLOURS = ("red", "green", "blue", "yellow")
 def toy_lists() -> tuple[Sequence[str], Sequence[str]]:
     """(families, colours) of the toy world."""
     try:
-        from dreamperp.toy.world import COLOUR_NAMES, FAMILIES
+        from research.toy.world import COLOUR_NAMES, FAMILIES
     except ImportError:
         return FALLBACK_FAMILIES, FALLBACK_COLOURS
     return tuple(FAMILIES), tuple(COLOUR_NAMES)
@@ -93,7 +93,7 @@ def load_classifier(folder: Optional[str], device: torch.device) -> Any:
     if folder == "none":
         return None
     try:
-        from dreamperp.toy.classifier import ToyClassifier
+        from research.toy.classifier import ToyClassifier
     except ImportError:
         return None
     if folder is None:
@@ -109,7 +109,7 @@ def load_classifier(folder: Optional[str], device: torch.device) -> Any:
 def class_names() -> tuple[Sequence[str], Sequence[str], Sequence[str]]:
     """(views, families, colours) in the classifier's index order."""
     try:
-        from dreamperp.toy.captions import VIEWS as TOY_VIEWS
+        from research.toy.captions import VIEWS as TOY_VIEWS
     except ImportError:
         TOY_VIEWS = VIEWS
     fam, col = toy_lists()
@@ -209,7 +209,7 @@ def view_directions(args: argparse.Namespace) -> Dict[str, Any]:
     """The view-direction measurement of ``--view-directions`` (see the module docstring)."""
     from dreamperp.cameras import make_cameras
     from dreamperp.config import DataConfig
-    from dreamperp.toy.world import COLOUR_NAMES, FAMILIES, render
+    from research.toy.world import COLOUR_NAMES, FAMILIES, render
 
     device = torch.device(args.device)
     families, colours = toy_lists()

@@ -45,8 +45,8 @@ from dreamperp.files import atomic_write_bytes  # noqa: E402
 from dreamperp.guidance.prior import load_prior  # noqa: E402
 from dreamperp.images import labeled_grid, png_bytes, to_uint8  # noqa: E402
 from dreamperp.models.loading import load_components  # noqa: E402
-from dreamperp.toy import world  # noqa: E402
-from dreamperp.toy.janus import classify_frames, parse_toy_prompt  # noqa: E402
+from research.toy import world  # noqa: E402
+from research.toy.janus import classify_frames, parse_toy_prompt  # noqa: E402
 
 STARTS = ("face-off", "disc", "gt")
 FRONT_PARTS = ("face", "eye", "front")
@@ -116,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         from dreamperp.toy.assets import toy_asset_path
-        from dreamperp.toy.classifier import ToyClassifier
+        from research.toy.classifier import ToyClassifier
 
         family, colour = parse_toy_prompt(args.prompt)
         classifier = ToyClassifier.load(args.classifier or toy_asset_path("toy-classifier"))

@@ -8,7 +8,7 @@ background tint, small shifts and zooms, pixel noise, mirror flips (the objects 
 so a flip is the mirrored azimuth and keeps the view). Held-out images are rendered from another seed.
 
 Views by true angles: overhead when elevation > 60°, else front for |azimuth| < 45°, side for
-45°-135°, back above 135° (``dreamperp.toy.world.view_of``).
+45°-135°, back above 135° (``research.toy.world.view_of``).
 
     python tools/train_toy_classifier.py --out dreamperp/toy/weights/toy-classifier
 """
@@ -34,8 +34,8 @@ if str(ROOT) not in sys.path:
 
 from dreamperp.cameras import make_cameras  # noqa: E402
 from dreamperp.config import DataConfig  # noqa: E402
-from dreamperp.toy.classifier import HEADS, ToyClassifier  # noqa: E402
-from dreamperp.toy.world import (  # noqa: E402
+from research.toy.classifier import HEADS, ToyClassifier  # noqa: E402
+from research.toy.world import (  # noqa: E402
     COLOURS,
     FAMILIES,
     OVERHEAD_ELEVATION_RANGE,

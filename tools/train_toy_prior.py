@@ -5,7 +5,7 @@ transformers ``CLIPTextModel`` trained jointly with it, epsilon prediction under
 (``squaredcos_cap_v2``) 1000-step DDPM schedule, captions dropped to "" for classifier-free
 guidance, an EMA of the weights (samples and exports use the EMA).
 
-The data is regenerated from ``--seed`` (dreamperp.toy.world) and cached in the work folder. Training
+The data is regenerated from ``--seed`` (research.toy.world) and cached in the work folder. Training
 checkpoints atomically every ``--ckpt-minutes`` and on SIGTERM/Ctrl-C, and ``--resume`` continues
 exactly (each step's batch, noise and caption dropout come from a generator seeded by the step).
 Sample grids (DDIM 50 steps, CFG 1 / 3 / 7.5 / 20; rows: scales, columns: every colour x family)
@@ -47,8 +47,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dreamperp.toy.captions import CaptionBias  # noqa: E402
-from dreamperp.toy.world import COLOUR_NAMES, FAMILIES, sample_toy_batch  # noqa: E402
+from research.toy.captions import CaptionBias  # noqa: E402
+from research.toy.world import COLOUR_NAMES, FAMILIES, sample_toy_batch  # noqa: E402
 
 DATA_VERSION = 3  # bump when the world or the captions change: cached data is keyed by it
 MARKER_FILE = "dreamperp_toy_prior.json"
@@ -336,7 +336,7 @@ def caption_label_weights(spec: str, labels: torch.Tensor) -> torch.Tensor | Non
     one caption the images keep equal weights, so p(image | caption), the caption bias included, is
     unchanged: only how often each caption is trained changes (the rare suffixes get more steps).
     """
-    from dreamperp.toy.captions import VIEWS
+    from research.toy.captions import VIEWS
 
     return _spec_weights(spec, labels, tuple(VIEWS), "--label-weights", "VIEW")
 
@@ -549,8 +549,8 @@ def evaluate(args: argparse.Namespace) -> None:
     steps, scale 7.5), the view distribution of the samples, and writes both with a grid to WORK/eval/.
     """
     from dreamperp.toy.assets import toy_asset_path
-    from dreamperp.toy.captions import VIEWS
-    from dreamperp.toy.classifier import ToyClassifier
+    from research.toy.captions import VIEWS
+    from research.toy.classifier import ToyClassifier
 
     work = Path(args.work)
     device = args.device

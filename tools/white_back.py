@@ -31,7 +31,7 @@ if str(ROOT) not in sys.path:
 
 from dreamperp.cameras import wrap_azimuth  # noqa: E402
 from dreamperp.errors import DreamperpError  # noqa: E402
-from dreamperp.toy.janus import BACK_SECTOR_DEG  # noqa: E402
+from research.toy.janus import BACK_SECTOR_DEG  # noqa: E402
 
 OPAQUE = 0.5  # opacity above which a pixel is material
 WHITE = 0.8  # every channel above this is white
@@ -52,9 +52,9 @@ def is_back(azimuth_deg: float) -> bool:
 
 def score_run(run_dir: str | Path, azimuths: Sequence[float], size: int) -> Dict[float, float]:
     """Per azimuth, :func:`white_share` of the run's albedo render (newest checkpoint, CPU)."""
-    from dreamperp.export.janus import azimuth_cameras
     from dreamperp.export.video import render_views
     from dreamperp.runs.checkpoint import load_run
+    from research.toy.turntable import azimuth_cameras
 
     run = load_run(run_dir, device="cpu")
     cams = azimuth_cameras(run.cfg, azimuths, size)

@@ -1,6 +1,6 @@
 """``dreamperp doctor``: what this machine runs for a config and why, and a timed step (docs/design.md §13).
 
-A command (docs/design.md §1), beside ``train_command``, one module per part:
+A command (docs/design.md §1), beside ``commands/``, one module per part:
 
 - :mod:`.probes`: Python and torch, each GPU, tinycudann, nerfacc's CUDA extension, imageio-ffmpeg,
   Ray, free disk, and what ``scene.encoding: auto`` and ``render.estimator: auto`` resolve to here;

@@ -82,9 +82,9 @@ def random_weight_run(config: str, overrides: List[str], run_dir: str, full_size
     """Train ``config`` in ``run_dir`` with the full-size prior in random weights, then export its
     mesh and video as ``dreamperp train`` does: the whole pipeline's speed and memory without the
     real weights (``tools/gpu_check.sh``). Returns the exit code."""
+    from dreamperp.commands.train import export_at_end
     from dreamperp.runs.folder import RunDir
     from dreamperp.train.loop import TrainLoop
-    from dreamperp.train_command import export_at_end
 
     cfg = load_config(config, overrides)
     trainer = build_bench_trainer(cfg, full_size=full_size)

@@ -1,4 +1,4 @@
-"""Render a trained run at given poses: ``dreamperp render RUN_DIR --cameras transforms.json --out DIR``.
+"""Render a trained run at given poses, the library of ``dreamperp render`` (:mod:`dreamperp.commands.render`).
 
 Poses come from a NeRF-synthetic ``transforms.json`` (``camera_angle_x``, ``frames[].file_path``,
 ``frames[].transform_matrix`` in the OpenGL/Blender camera convention, as docs/design.md §2);
@@ -14,7 +14,6 @@ Images are the albedo render composited on the run's evaluation background (mult
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, List, Optional, Sequence
@@ -31,7 +30,6 @@ from dreamperp.multiview import (
     eval_background,
     load_transforms,
 )
-from dreamperp.runs.checkpoint import load_run
 
 DEFAULT_TURNTABLE_SIZE = 512
 
@@ -116,37 +114,3 @@ def render_to_pngs(scene: Any, cfg: Any, cams: Any, paths: Sequence[Path], *, pr
     for out, path in zip(views, paths):
         written.append(atomic_write_bytes(Path(path), png_bytes(to_uint8(out["rgb"]))))
     return written
-
-
-def render_command(args: argparse.Namespace) -> int:
-    """``dreamperp render RUN_DIR (--cameras TRANSFORMS | --turntable N) --out DIR [--size N] [--checkpoint PATH]``."""
-    from dreamperp.cameras import cameras_from_c2w
-
-    if (args.cameras is None) == (args.turntable is None):
-        raise UsageError("give exactly one of --cameras TRANSFORMS.json and --turntable N")
-    out_dir = Path(args.out)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"--out '{out_dir}' exists and is not a folder")
-    if args.cameras is not None:
-        cam_file = read_camera_file(args.cameras)  # checked before the (slow) run loading
-        height, width = output_size(cam_file, args.size)
-    else:
-        n = positive_int(args.turntable, "--turntable")
-        height = width = positive_int(args.size if args.size is not None else DEFAULT_TURNTABLE_SIZE, "--size")
-    run = load_run(args.run_dir, checkpoint=args.checkpoint)
-    device = scene_device(run.scene)
-    if args.cameras is not None:
-        cams = cameras_from_c2w(cam_file.c2w.to(device), height, width, fovx_deg=cam_file.fovx_deg)
-        paths = [out_dir / name for name in cam_file.names]
-    else:
-        from dreamperp.export.video import turntable_cameras
-
-        cams = turntable_cameras(run.cfg, n, run.cfg.data.eval_elevation, width, device)
-        paths = [out_dir / f"{i:04d}.png" for i in range(n)]
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:  # e.g. a parent of --out is a file
-        raise UsageError(f"cannot create the --out folder '{out_dir}': {err.strerror} (choose another --out)") from None
-    render_to_pngs(run.scene, run.cfg, cams, paths)
-    print(f"{len(paths)} images ({width}x{height}) written to {out_dir}")
-    return 0

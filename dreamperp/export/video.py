@@ -18,7 +18,6 @@ identical consecutive frames). The file is written to a temporary name and renam
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence
 
@@ -32,7 +31,6 @@ from dreamperp.export.common import positive_int, scene_device
 from dreamperp.files import atomic_output
 from dreamperp.images import to_uint8
 from dreamperp.multiview import eval_background
-from dreamperp.runs.checkpoint import load_run
 
 MAX_VIDEO_SIZE = 8192  # H.264's largest level allows 8192 pixels a side
 
@@ -163,28 +161,3 @@ def write_turntable(
             views.close()  # end the progress bar's line, so an error message starts on its own
             writer.close()
     return out_path
-
-
-def video_command(args: argparse.Namespace) -> int:
-    """``dreamperp video RUN_DIR [--frames N] [--fps N] [--elevation DEG] [--size N] [--modes ...] [--format mp4|gif]``."""
-    # Check the flags before the (slow) run loading.
-    for flag, value, lo in (("--frames", args.frames, 1), ("--fps", args.fps, 1), ("--size", args.size, 2)):
-        if value is not None:
-            positive_int(value, flag, lo)
-    if args.modes is not None:
-        parse_modes(args.modes)
-    run = load_run(args.run_dir, checkpoint=args.checkpoint)
-    fmt = args.format or run.cfg.export.video_format
-    path = write_turntable(
-        run.scene,
-        run.cfg,
-        Path(run.run_dir) / "export" / f"turntable.{fmt}",
-        frames=args.frames,
-        fps=args.fps,
-        elevation=args.elevation,
-        size=args.size,
-        modes=args.modes,
-        format=fmt,
-    )
-    print(path)
-    return 0

@@ -15,7 +15,6 @@ weights. Every folder has the diffusers layout and loads offline:
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -396,31 +395,3 @@ def tiny_model_path(seed: int = 0, layout: str = "sd") -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
-
-
-def tiny_model_command(args: argparse.Namespace) -> int:
-    """``dreamperp tiny-model PATH [--seed N] [--layout sd|if|pixel]``."""
-    out = Path(args.path)
-    if args.seed < 0:
-        raise UsageError(f"--seed must be >= 0, got {args.seed}")
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"'{out}' exists and is not a folder: choose another PATH")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:  # e.g. a parent is a file, or not writable
-        raise UsageError(f"cannot create the folder '{out}': {err.strerror} (choose another PATH)") from None
-    if out.is_dir() and any(out.iterdir()) and not is_tiny_model_dir(out):
-        raise UsageError(f"folder '{out}' is not empty and is not a tiny model: choose an empty or new PATH")
-    # Build beside it and swap it in, so a crash never leaves a half-written model at PATH, and a
-    # previous tiny model is replaced wholesale (no stale file of another version survives).
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    try:
-        build_tiny_pipeline(tmp, seed=args.seed, layout=getattr(args, "layout", "sd"))
-        os.rename(out, old)
-        os.rename(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
-    print(out)
-    return 0

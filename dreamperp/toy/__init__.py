@@ -1,2 +1,4 @@
-"""The toy world (procedural objects with known front/back, captions with web view bias), its
-trained pixel-space prior and its view/family/colour classifier (docs/design.md §10)."""
+"""The toy world's shipped models: the trained pixel-space prior that ``guidance.model: toy`` loads and
+the view/family/colour classifier, package data in ``dreamperp/toy/weights/`` found by :mod:`.assets`
+(docs/design.md §10). The world, its classifier code and the metrics are research code, ``research/toy/``
+outside the wheel."""

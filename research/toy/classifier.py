@@ -1,7 +1,7 @@
 """View / family / colour classifier of toy-world images (docs/design.md §10).
 
 A small CNN on 32x32 RGB images in [0, 1] (other sizes are area-resized), with three heads: view
-(VIEWS: front, side, back, overhead, by the rule of ``dreamperp.toy.world.view_of``: overhead when
+(VIEWS: front, side, back, overhead, by the rule of ``research.toy.world.view_of``: overhead when
 elevation > 60°, else front for |azimuth| < 45°, side for 45°-135°, back above 135°), family
 (FAMILIES) and colour (COLOUR_NAMES). Saved as a folder: ``config.json`` + ``model.safetensors``.
 Retrained by ``tools/train_toy_classifier.py``.
@@ -18,8 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreamperp.errors import UsageError
-from dreamperp.toy.captions import VIEWS
-from dreamperp.toy.world import COLOUR_NAMES, FAMILIES
+from research.toy.captions import VIEWS
+from research.toy.world import COLOUR_NAMES, FAMILIES
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"

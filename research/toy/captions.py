@@ -104,8 +104,3 @@ def caption(colour: str, family: str, label: int = -1) -> str:
     """``"a {colour} {family}"`` plus ``", {view} view"`` when ``label`` (index into VIEWS) is not -1."""
     text = f"a {colour} {family}"
     return text if label < 0 else f"{text}, {VIEWS[label]} view"
-
-
-def captions(colours: list[str], families: list[str], labels: list[int]) -> list[str]:
-    """Captions of many images (lists of equal length)."""
-    return [caption(c, f, lab) for c, f, lab in zip(colours, families, labels)]

@@ -13,7 +13,6 @@ front below 45°, side from 45° to 135°, back above 135°.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +21,7 @@ from torch import Tensor
 
 from dreamperp.cameras import CameraBatch, camera_rays, make_cameras, view_index, wrap_azimuth
 from dreamperp.config import OVERHEAD_THRESHOLD_DEG, DataConfig
-from dreamperp.toy.captions import VIEWS, CaptionBias, caption, sample_views
+from research.toy.captions import CaptionBias, caption, sample_views
 
 FAMILIES: tuple[str, ...] = ("bird", "cat", "robot")
 COLOURS: dict[str, tuple[float, float, float]] = {
@@ -340,13 +339,3 @@ def sample_toy_batch(
         fovy=fovy,
         captions=caps,
     )
-
-
-def all_prompts(views: Sequence[str | None] = (None,)) -> list[str]:
-    """Every ``"a {colour} {family}"`` prompt, optionally with each of the given view suffixes."""
-    out = []
-    for f in FAMILIES:
-        for c in COLOUR_NAMES:
-            for v in views:
-                out.append(caption(c, f, -1 if v is None else VIEWS.index(v)))
-    return out

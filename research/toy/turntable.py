@@ -5,7 +5,7 @@ The cameras are the turntable's (:func:`dreamperp.export.video.turntable_cameras
 ``data.eval_elevation``. Frames are the albedo render composited on white by opacity (the toy
 world's background, whatever the run's own background is, so the score reads the object alone),
 rendered at the classifier's input size by default (a volume render is already smooth; twice the
-size, area-resized by the classifier like its supersampled training images, costs 4x the rays). The metrics are :mod:`dreamperp.toy.janus`'s.
+size, area-resized by the classifier like its supersampled training images, costs 4x the rays). The metrics are :mod:`research.toy.janus`'s.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from torch import Tensor
 
 from dreamperp.export.common import scene_device
 from dreamperp.export.video import render_views, turntable_cameras
-from dreamperp.toy.janus import TurntableScore, parse_toy_prompt, score_images
+from research.toy.janus import TurntableScore, parse_toy_prompt, score_images
 
 TURNTABLE_FRAMES = 36
 CONTACT_AZIMUTHS = (0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 315.0)

@@ -2,11 +2,11 @@
 
 Pure metric code: no rendering, no training. A turntable is N frames at known azimuths (degrees,
 any order, together covering the full circle, e.g. the 36 orbit frames ``10·i``) at one elevation,
-each classified by :class:`~dreamperp.toy.classifier.ToyClassifier` into view probabilities
+each classified by :class:`~research.toy.classifier.ToyClassifier` into view probabilities
 ``[N, 4]`` (VIEWS: front, side, back, overhead) and family / colour predictions. Per run:
 
 * **view consistency**: the share of frames whose predicted view (argmax) equals the true view of
-  its camera, by the toy world's rule (:func:`~dreamperp.toy.world.view_of`: front |a| < 45°,
+  its camera, by the toy world's rule (:func:`~research.toy.world.view_of`: front |a| < 45°,
   side 45°-135°, back > 135°, overhead above 60° elevation);
 * **Janus**: any frame in the back sector (|a| > 135°) has p(front) > 0.5, or the frames predicted
   "front" form more than one contiguous arc on the circle (frames sorted by azimuth, the last one
@@ -28,8 +28,8 @@ from torch import Tensor
 from dreamperp.cameras import wrap_azimuth
 from dreamperp.config import BACK_MIN_AZIMUTH_DEG
 from dreamperp.errors import UsageError
-from dreamperp.toy.captions import VIEWS
-from dreamperp.toy.world import COLOUR_NAMES, FAMILIES, view_of
+from research.toy.captions import VIEWS
+from research.toy.world import COLOUR_NAMES, FAMILIES, view_of
 
 FRONT, SIDE, BACK, OVERHEAD = (VIEWS.index(v) for v in ("front", "side", "back", "overhead"))
 BACK_SECTOR_DEG = BACK_MIN_AZIMUTH_DEG  # |azimuth| above this is the back sector of the Janus test (the view rule's back)

@@ -141,31 +141,37 @@ def _resume_run(run: RunDir, overrides: List[str], fallback: bool, viewer: Optio
 
 def train_command(args: argparse.Namespace) -> int:
     """``dreamperp train CONFIG [key=value ...] [--run-dir PATH]`` or ``dreamperp train --resume RUN_DIR [--fallback] [trainer.max_steps=N]``."""
+    # 1. Check the flags (--viewer's too, so a bad host or port exits before any folder exists).
+    #    --run-dir and --resume go their own ways from here, each with its own checks first.
     viewer = viewer_from_args(args)
     if getattr(args, "run_dir", None):
         return train_in_run_dir(args, viewer)
     if args.resume:
         overrides = _split_resume_args(args)  # argument errors first, then the folder
         return _resume_run(RunDir.open(args.resume), overrides, bool(args.fallback), viewer)
-    else:
-        if args.fallback:
-            raise UsageError("--fallback only applies together with --resume RUN_DIR")
-        config, overrides = args.config, list(args.overrides or [])
-        if config and "=" in config and not Path(config).is_file():
-            config, overrides = None, [config, *overrides]  # `dreamperp train prompt=...` with schema defaults
-        if config is None and not overrides:
-            raise UsageError("give a config file (e.g. configs/tiny.yaml) or --resume RUN_DIR")
-        cfg = load_config(config, overrides)
-        pinned = pin_hub_model(cfg)
-        if pinned:
-            say(pinned)
-        # Build everything (model weights, dataset) before the run folder exists, so a bad model id
-        # or dataset path leaves nothing behind.
-        trainer = Trainer(cfg)
-        run = RunDir.create(cfg)
-        say(f"run folder {run.root}")
-        with run.lock():
-            return _fit_and_export(trainer, run, viewer)
+    if args.fallback:
+        raise UsageError("--fallback only applies together with --resume RUN_DIR")
+    config, overrides = args.config, list(args.overrides or [])
+    if config and "=" in config and not Path(config).is_file():
+        config, overrides = None, [config, *overrides]  # `dreamperp train prompt=...` with schema defaults
+    if config is None and not overrides:
+        raise UsageError("give a config file (e.g. configs/tiny.yaml) or --resume RUN_DIR")
+
+    # 2. The config, naming the hub model id that will load.
+    cfg = load_config(config, overrides)
+    pinned = pin_hub_model(cfg)
+    if pinned:
+        say(pinned)
+
+    # 3. Build everything (model weights, dataset) before the run folder exists, so a bad model id
+    #    or dataset path leaves nothing behind.
+    trainer = Trainer(cfg)
+
+    # 4. Create the run folder; train under its lock, then export.
+    run = RunDir.create(cfg)
+    say(f"run folder {run.root}")
+    with run.lock():
+        return _fit_and_export(trainer, run, viewer)
 
 
 # ----------------------------------------------------------------------- --run-dir (dreamperp batch)
