@@ -142,7 +142,7 @@ def need_viser() -> None:
 
 def test_port_in_use_moves_to_the_next_free_port() -> None:
     need_viser()
-    from dreamperp.viewer.page import start_server, stop_server
+    from dreamperp.viewer.server import start_server, stop_server
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -374,7 +374,8 @@ def test_view_shows_the_exported_mesh(watched_run: Dict[str, object], tmp_path: 
 def test_view_reloads_a_newer_checkpoint(watched_run: Dict[str, object], tmp_path: Path) -> None:
     """A run training in another process: `view` follows its newest checkpoint and metrics.jsonl."""
     from dreamperp.runs.folder import RunDir
-    from dreamperp.viewer.page import Page, start_server, stop_server
+    from dreamperp.viewer.page import Page
+    from dreamperp.viewer.server import start_server, stop_server
     from dreamperp.viewer.view_command import RunWatcher
 
     run = RunDir(watched_run["run"])  # type: ignore[arg-type]

@@ -43,7 +43,7 @@ def viewer_from_args(args: argparse.Namespace) -> Optional[ViewerFactory]:
 
     require_viser("--viewer")
     from dreamperp.viewer.hook import ViewerHook
-    from dreamperp.viewer.page import check_listen
+    from dreamperp.viewer.server import check_listen
 
     host, port = host or "127.0.0.1", DEFAULT_PORT if port is None else port
     check_listen(host, port)  # a bad host or port: exit 2 before any folder exists

@@ -20,8 +20,9 @@ from dreamperp.device import no_rng_side_effects
 from dreamperp.runs.folder import RunDir
 from dreamperp.train.loop import LoopHook, TrainLoop, say
 from dreamperp.train.trainer import Trainer
-from dreamperp.viewer.page import Page, start_server, stop_server
+from dreamperp.viewer.page import Page
 from dreamperp.viewer.render import RenderBudget, view_colours, view_conditioning
+from dreamperp.viewer.server import start_server, stop_server
 
 RENDER_SHARE = 0.2  # of the training time; the plots and cameras take the rest of the 25% allowance
 SDS_STEPS_SHOWN = 16  # the cameras of this many last steps are drawn

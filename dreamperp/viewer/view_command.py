@@ -21,7 +21,9 @@ from dreamperp.runs.checkpoint import list_checkpoints, load_run
 from dreamperp.runs.folder import RunDir
 from dreamperp.signals import StopSignals
 from dreamperp.viewer import require_viser
-from dreamperp.viewer.page import Page, read_metrics_tolerant, start_server, stop_server
+from dreamperp.viewer.page import Page
+from dreamperp.viewer.plots import read_metrics_tolerant
+from dreamperp.viewer.server import start_server, stop_server
 
 POLL_S = 2.0  # checkpoints and metrics.jsonl are looked at this often
 TICK_S = 0.03
