@@ -246,15 +246,15 @@ def test_non_finite_steps_are_skipped_then_stop_with_checkpoint(tiny_model_dir: 
     cfg = load_config(TINY, small(tiny_model_dir, tmp_path, trainer__max_bad_steps=3, trainer__checkpoint_every=100))
     trainer = Trainer(cfg)
     before = {k: v.clone() for k, v in trainer.scene.state_dict().items()}
-    real_sds = trainer.prior.sds
+    real_guidance = trainer.prior
     calls = {"n": 0}
 
-    def flaky_sds(images, azimuth, elevation, step):
+    def flaky_guidance(rgb, azimuth, elevation, *, step, state):
         calls["n"] += 1
-        loss, info = real_sds(images, azimuth, elevation, step)
-        return loss * float("nan"), info  # NaN loss and NaN gradients from the real graph
+        out = real_guidance(rgb, azimuth, elevation, step=step, state=state)
+        return {**out, "loss_sds": out["loss_sds"] * float("nan")}  # NaN loss and NaN gradients from the real graph
 
-    trainer.prior.sds = flaky_sds  # type: ignore[method-assign]
+    trainer.prior = flaky_guidance
     run = RunDir.create(cfg)
     with pytest.raises(DreamperpError) as info:
         TrainLoop(trainer, run, log=lambda m: None).fit()
@@ -321,14 +321,14 @@ def test_front_first_steps_narrow_the_training_azimuths(tiny_model_dir: Path, tm
     azimuths within ±10° (4 cameras a step, stratified), step 3 within ±95°, later steps all around."""
     cfg = load_config(TINY, small(tiny_model_dir, tmp_path, data__front_first_steps="[2,4]", data__front_first_deg=10, data__batch_size=4))
     trainer = Trainer(cfg)
-    real_sds = trainer.prior.sds
+    real_guidance = trainer.prior
     seen: List[torch.Tensor] = []
 
-    def recording_sds(images, azimuth, elevation, step):
+    def recording_guidance(rgb, azimuth, elevation, *, step, state):
         seen.append(azimuth.clone())
-        return real_sds(images, azimuth, elevation, step)
+        return real_guidance(rgb, azimuth, elevation, step=step, state=state)
 
-    trainer.prior.sds = recording_sds  # type: ignore[method-assign]
+    trainer.prior = recording_guidance
     for _ in range(3 + 8):
         trainer.train_step()
     assert all(float(a.abs().max()) <= 10.0 + 1e-4 for a in seen[:3])

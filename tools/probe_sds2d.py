@@ -76,13 +76,15 @@ def start_images(family: int, colour: int, size: int, start: str) -> tuple[torch
 
 
 def optimise(prior: Any, image: torch.Tensor, steps: int, lr: float, seed: int) -> torch.Tensor:
-    """``image [1, 3, H, W]`` in [0, 1] after ``steps`` Adam steps on its logits under ``prior.sds`` from the front."""
+    """``image [1, 3, H, W]`` in [0, 1] after ``steps`` Adam steps on its logits under the guidance from the front."""
     torch.manual_seed(seed)
     logits = torch.logit(image.clamp(0.02, 0.98)).clone().requires_grad_(True)
     opt = torch.optim.Adam([logits], lr=lr)
     az, el = torch.tensor([0.0]), torch.tensor([ELEVATION])
+    state = None
     for step in range(steps):
-        loss, _ = prior.sds(torch.sigmoid(logits), az, el, step)
+        out = prior(torch.sigmoid(logits), az, el, step=step, state=state)
+        loss, state = out["loss_sds"], out["state"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -74,10 +74,11 @@ class StepClock:
 
 
 def instrument(trainer: Any, clock: StepClock) -> None:
-    """Time the prior's stages by wrapping its methods, and the optimizer by hooks (training code unchanged)."""
+    """Time the prior's stages by wrapping its methods and the trainer's guidance call (``trainer.prior``
+    becomes the timed call), and the optimizer by hooks (training code unchanged)."""
     prior = trainer.prior
     prior.backend.encode_images = clock.wrap(prior.backend.encode_images, "encode_begin", "encode_end")
-    prior.sds = clock.wrap(prior.sds, "sds_begin", "sds_end")
+    trainer.prior = clock.wrap(prior, "sds_begin", "sds_end")
     unet = clock.wrap(prior.unet_forward, "unet_begin", "unet_end")
 
     def counting_unet(x: Any, *args: Any, **kwargs: Any) -> Any:
@@ -115,6 +116,7 @@ def bench(cfg: Config, steps: int = 30, warmup: int = 5, full_size: bool = False
     random_encoder = cfg.guidance.encoder == "tiny" and cfg.guidance.tiny_encoder_model.endswith(RANDOM_TAESD)
     device = trainer.device
     clock = StepClock(device)
+    prior = trainer.prior
     instrument(trainer, clock)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -138,7 +140,7 @@ def bench(cfg: Config, steps: int = 30, warmup: int = 5, full_size: bool = False
     result: Dict[str, Any] = {
         "device": device.type, "device_name": name, "torch": torch.__version__, "cuda": getattr(torch.version, "cuda", None),
         "threads": torch.get_num_threads(), "prior": "SD 2.1-base architecture, random weights" if full_size else cfg.guidance.model,
-        "dtype": str(trainer.prior.dtype).replace("torch.", ""), "resolution": trainer.prior.resolution,
+        "dtype": str(prior.dtype).replace("torch.", ""), "resolution": prior.resolution,
         "render": [cfg.data.width, cfg.data.height], "batch_size": cfg.data.batch_size, "perp_neg": cfg.guidance.perp_neg.enabled,
         "compile": cfg.guidance.compile, "sampler": trainer.scene.sampler,
         "encoder": cfg.guidance.encoder + (" (random weights)" if random_encoder else ""),

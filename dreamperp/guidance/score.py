@@ -44,7 +44,10 @@ class GuidedScore:
 
     One entry point for SDS, shaped like threestudio's guidance: :meth:`__call__` takes the renders,
     the camera angles, the step and the guidance state (``{"sega_momentum": [B, C, h, w] or None}``)
-    and returns ``{"loss_sds", ..., "state"}``. :meth:`sds` wraps it for callers that keep no state.
+    and returns ``{"loss_sds", ..., "state"}``; the caller owns the state (the trainer keeps it,
+    checkpoints it and drops it through :func:`finite_state` after a bad step). :meth:`sds` and
+    :meth:`sds_latents` are the same computation with the state kept on this object between calls
+    (:meth:`state_dict`), for the unit tests of 2D SDS that need fixed ``t``/``noise``.
     """
 
     @staticmethod
@@ -80,7 +83,7 @@ class GuidedScore:
                 backend.unet.to(memory_format=torch.channels_last)
             if cfg.compile:
                 self.unet_forward = torch.compile(backend.unet)
-        self._state: Dict[str, Any] = {"sega_momentum": None}  # the stateful sds()'s; __call__ keeps none
+        self._state: Dict[str, Any] = {"sega_momentum": None}  # sds()/sds_latents()'s only; __call__ keeps none
 
     @property
     def resolution(self) -> int:
@@ -186,8 +189,8 @@ class GuidedScore:
     def sds(
         self, images: torch.Tensor, azimuth_deg: torch.Tensor, elevation_deg: Optional[torch.Tensor], step: int
     ) -> tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-        """:meth:`__call__` for a caller that keeps no state (the trainer, 2D probes): the state
-        lives in this object between calls (see :meth:`state_dict`). Returns ``(loss, info)``."""
+        """:meth:`__call__` with the state kept on this object between calls (see :meth:`state_dict`).
+        Returns ``(loss, info)``."""
         return self.sds_latents(self.backend.encode_images(images), azimuth_deg, elevation_deg, step)
 
     def sds_latents(
@@ -259,19 +262,36 @@ class GuidedScore:
         return self._state.get("sega_momentum")
 
     def state_dict(self) -> Dict[str, Any]:
-        """The guidance state of the stateful :meth:`sds` (SEGA momentum, the only state that lives
-        across SDS steps), on the CPU; None when unused."""
-        m = self.sega_momentum
-        return {"sega_momentum": None if m is None else m.detach().cpu().clone()}
+        """The state the stateful :meth:`sds` carries, as :func:`saved_state` writes it."""
+        return saved_state(self._state)
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
-        m = state.get("sega_momentum")
-        self._state = {"sega_momentum": None if m is None else m.to(self.device, self.dtype)}
+        self._state = restored_state(state, self.device, self.dtype)
+
+
+# ------------------------------------------------------------------------------- the state
+# The guidance state is ``{"sega_momentum": [B, C, h, w] tensor or None}`` (SEGA momentum, the only
+# thing that lives across SDS steps); a checkpoint's ``prior`` entry holds it on the CPU.
+def fresh_state() -> Dict[str, Any]:
+    """The guidance state before the first step."""
+    return {"sega_momentum": None}
+
+
+def saved_state(state: Optional[Dict[str, Any]]) -> Dict[str, Any]:
+    """``state`` as a checkpoint holds it: detached CPU copies (None stays None)."""
+    m = (state or {}).get("sega_momentum")
+    return {"sega_momentum": None if m is None else m.detach().cpu().clone()}
+
+
+def restored_state(saved: Optional[Dict[str, Any]], device: torch.device, dtype: Optional[torch.dtype] = None) -> Dict[str, Any]:
+    """What :func:`saved_state` wrote, on ``device`` (and in ``dtype``); a fresh state for None."""
+    m = (saved or {}).get("sega_momentum")
+    return {"sega_momentum": None if m is None else m.to(device, dtype)}
 
 
 def finite_state(state: Dict[str, Any]) -> Dict[str, Any]:
-    """``state`` (a guidance :meth:`GuidedScore.state_dict`) without entries that hold non-finite
-    values, which a bad step may have put there; the same object when it is clean."""
+    """``state`` (a guidance state) without entries that hold non-finite values, which a bad step
+    may have put there; the same object when it is clean."""
     bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and not bool(torch.isfinite(v).all())]
     return {**state, **{k: None for k in bad}} if bad else state

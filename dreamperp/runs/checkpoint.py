@@ -2,8 +2,8 @@
 
 A checkpoint ``ckpts/step-000100.pt`` holds the state after 100 complete steps: the scene's
 ``state_dict`` (field, background, occupancy grid), optimizer, grad scaler, step, every RNG state
-(torch CPU, CUDA, numpy, python ``random``), the prior's state (SEGA momentum), trainer counters
-and the resolved config as YAML. It is a plain ``torch.save`` file (loadable with
+(torch CPU, CUDA, numpy, python ``random``), the guidance state (SEGA momentum, key ``prior``),
+trainer counters and the resolved config as YAML. It is a plain ``torch.save`` file (loadable with
 ``torch.load(weights_only=True)``) that also carries a SHA-256 over its contents, so a truncated
 *or* bit-flipped file is detected instead of silently resuming from garbage.
 

@@ -3,7 +3,8 @@
 One step, text mode (``data.type: text``)::
 
     sample_cameras → camera_rays → render (shading by step) → rgb [B,H,W,3] → [B,3,H,W]
-    → prior.sds (Perp-Neg + SEGA) + weighted regularisers → backward → Adam step → occupancy update
+    → prior(rgb, azimuth, elevation, step, state) (Perp-Neg + SEGA; the guidance state, SEGA
+    momentum, goes in and comes back) + weighted regularisers → backward → Adam step → occupancy update
 
 Multiview mode (``data.type: multiview``): random rays of the dataset → render on the dataset
 background → photometric MSE (``loss.lambda_rgb``) + opacity-vs-alpha MSE (``loss.lambda_alpha``).
@@ -28,6 +29,7 @@ import torch
 from dreamperp.config import Config, TrainerConfig, to_yaml
 from dreamperp.device import resolve_device
 from dreamperp.files import atomic_write_bytes
+from dreamperp.guidance.score import finite_state, fresh_state, restored_state, saved_state
 from dreamperp.images import labeled_grid, png_bytes, to_uint8
 from dreamperp.plan import StepPlan, choose_shading, plan_step, render_size
 from dreamperp.runs.checkpoint import rng_state, set_rng_state
@@ -95,6 +97,11 @@ class Trainer:
         self.skipped_steps = 0  # bad steps: non-finite loss or gradient, no update
         self.scaler_skips = 0  # steps the GradScaler skipped (fp16 overflow at a scale > 1), no update
         self.bad_in_row = 0
+        # The guidance state (SEGA momentum): passed into the guidance and taken back every step,
+        # saved as the checkpoint's "prior" entry. None without a prior.
+        self.guidance_state: Optional[Dict[str, Any]] = None
+        if self.prior is not None:
+            self.guidance_state = fresh_state()
 
     @classmethod
     def resume(cls, cfg: Config, state: Dict[str, Any], device: Any = None, **kwargs: Any) -> "Trainer":
@@ -118,7 +125,7 @@ class Trainer:
             "scene": self.scene.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "prior": self.prior.state_dict() if self.prior is not None else None,
+            "prior": saved_state(self.guidance_state) if self.prior is not None else None,
             "rng": rng_state(),
             "trainer": {
                 "skipped_steps": self.skipped_steps,
@@ -132,8 +139,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        if self.prior is not None and state.get("prior") is not None:
-            self.prior.load_state_dict(state["prior"])
+        if self.prior is not None:
+            self.guidance_state = restored_state(state.get("prior"), self.device)
         counters = state.get("trainer") or {}
         self.skipped_steps = int(counters.get("skipped_steps", 0))
         self.scaler_skips = int(counters.get("scaler_skips", 0))
@@ -177,13 +184,14 @@ class Trainer:
         images = out["rgb"].permute(0, 3, 1, 2)  # [B, 3, H, W]
         assert self.prior is not None
         # CPU angles let the prior drop negative views whose weight is zero for the whole batch.
-        loss_sds, info = self.prior.sds(images, cams.azimuth_deg.cpu(), cams.elevation_deg.cpu(), step)
+        out = self.prior(images, cams.azimuth_deg.cpu(), cams.elevation_deg.cpu(), step=step, state=self.guidance_state)
+        loss_sds, self.guidance_state = out["loss_sds"], out["state"]
         terms = {"loss_sds": loss_sds, **regs}
         loss = weighted_sum({"loss_sds": loss_sds}, plan.weights) + weighted_sum(regs, plan.weights, skip_zero=True)
         metrics: Dict[str, Any] = dict(terms)
-        metrics["t"] = info["t"].float().mean()
-        metrics["t_max"] = info.get("t_max")
-        metrics["sds_grad_norm"] = info.get("grad_norm")
+        metrics["t"] = out["t"].float().mean()
+        metrics["t_max"] = out.get("t_max")
+        metrics["sds_grad_norm"] = out.get("grad_norm")
         metrics["shading"] = shading
         metrics["resolution"] = [h, w]
         # For loop hooks (the viewer), not the log: where this step looked from; fov_deg is vertical.
@@ -263,24 +271,14 @@ class Trainer:
             else:
                 self.skipped_steps += 1
                 self.bad_in_row += 1
-            self._sanitize_prior_state()
+            if self.guidance_state is not None:  # drop SEGA momentum that may have picked up the bad values
+                self.guidance_state = finite_state(self.guidance_state)
         self.optimizer.zero_grad(set_to_none=True)
         if plan.refresh_occupancy:
             self.scene.update_occupancy(step)
         self.step = step + 1
         metrics.update(loss=loss.detach(), grad_norm=grad_norm.detach(), skipped=skipped)
         return metrics
-
-    def _sanitize_prior_state(self) -> None:
-        """After a non-finite step, drop guidance state (SEGA momentum) that may have picked up the bad values."""
-        from dreamperp.guidance.score import finite_state
-
-        if self.prior is None:
-            return
-        state = self.prior.state_dict()
-        clean = finite_state(state) if isinstance(state, dict) else state
-        if clean is not state:
-            self.prior.load_state_dict(clean)
 
     # ---------------------------------------------------------------------------- validation
     def validation_grid(self) -> np.ndarray:
