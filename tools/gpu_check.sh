@@ -4,67 +4,40 @@
 # 300-step run on the full-size random-weight architecture with mesh export and video. Writes
 # OUT_DIR/gpu_check.json and OUT_DIR/gpu_check.md. Budget: 8 minutes on a GPU machine.
 #
-#   tools/gpu_check.sh OUT_DIR             # on the GPU machine
-#   tools/gpu_check.sh OUT_DIR --dry-run   # the same steps at CPU size (CI runs this)
-#   tools/gpu_check.sh --fill-wheels       # where a package registry is reachable: fill tools/gpu_wheels/
+#   tools/gpu_check.sh OUT_DIR                 # on the GPU machine
+#   tools/gpu_check.sh OUT_DIR --dry-run       # the same steps at CPU size (CI runs this)
+#   tools/gpu_check.sh --fill-wheels [--local] # where a package registry is reachable: fill tools/gpu_wheels/
 #
-# A GPU machine without a package registry installs from the wheels brought along in
-# tools/gpu_wheels/ (git-ignored, filled by --fill-wheels): `pip install --no-index --find-links`.
-# torch itself is not among them (the GPU machine's own CUDA build is used); set GPU_CHECK_TORCH to
-# a pip requirement (e.g. "torch==2.5.1") and GPU_CHECK_TORCH_INDEX to its index
-# (https://download.pytorch.org/whl/cu124) to bring it along as well. Fill for another Python or
-# platform than this one with GPU_PYTHON_VERSION=3.11 (wheels only, then). The dreamperp checkout
-# itself is used in place (PYTHONPATH), so nothing needs building there.
+# The GPU machines lent through the device tool (nvidia-h100-x1, nvidia-h200) reach no package
+# registry; their image has Python 3.12 with torch and many packages (tools/gpu_image_packages.txt).
+# `--fill-wheels` (tools/fill_wheels.py) puts into tools/gpu_wheels/ (git-ignored) the CPython 3.12
+# manylinux x86-64 wheels of what dreamperp needs beyond those, never torch (10 wheels, 36 MiB on
+# 2026-12-05), and fails over 60 MiB: one device call carries 64 MiB, the checkout included.
+# `--fill-wheels --local` fills for this interpreter instead (every package but torch; add
+# GPU_WHEELS_MAX_MIB=0 to lift the size limit); GPU_PYTHON_VERSION=3.13 targets another CPython.
+#
+# On the GPU machine, when an import is missing, the script installs the wheels of tools/gpu_wheels
+# (GPU_WHEELS names another folder) into a folder of its own (GPU_CHECK_SITE, default
+# /tmp/dreamperp-site: the image's environment is not written) with `pip install --no-index
+# --no-deps --target`, puts it on PYTHONPATH, checks the imports and runs the checkout in place.
+# The device call; tools/gpu_wheels is git-ignored, so it must be named in carry (at most 8 files
+# come back from $OUT: the report is copied there and the logs go in one archive):
+#
+#   run(command="tools/gpu_check.sh /tmp/gc; rc=$?; cp /tmp/gc/gpu_check.json /tmp/gc/gpu_check.md $OUT/;
+#       tar -czf $OUT/logs.tgz -C /tmp/gc logs; exit $rc", carry=["tools/gpu_wheels"], timeout_s=540)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
-WHEELS="tools/gpu_wheels"
+WHEELS="${GPU_WHEELS:-tools/gpu_wheels}"
+SITE="${GPU_CHECK_SITE:-/tmp/dreamperp-site}"
+# What the check imports: dreamperp's dependencies (import names) and the test runner.
+MODULES=(torch numpy diffusers transformers safetensors nerfacc omegaconf imageio imageio_ffmpeg trimesh mcubes fast_simplification xatlas scipy tqdm PIL pytest)
 
-usage() { echo "usage: tools/gpu_check.sh OUT_DIR [--dry-run] | tools/gpu_check.sh --fill-wheels" >&2; exit 2; }
-
-requirements() {
-  # dreamperp's dependencies and the test runner, without torch, from pyproject.toml.
-  "$PY" - <<'EOF'
-import re
-text = open("pyproject.toml", encoding="utf-8").read()
-deps = re.search(r"^dependencies = \[(.*?)^\]", text, re.S | re.M).group(1)
-names = re.findall(r'"([^"]+)"', deps)
-for name in names + ["pytest>=7"]:
-    if not re.match(r"torch\b", name):
-        print(name)
-EOF
-}
+usage() { echo "usage: tools/gpu_check.sh OUT_DIR [--dry-run] | tools/gpu_check.sh --fill-wheels [--local]" >&2; exit 2; }
 
 if [[ "${1:-}" == "--fill-wheels" ]]; then
-  mkdir -p "$WHEELS"
-  TMP="$(mktemp -d)"; requirements > "$TMP/req.txt"
-  TARGET=()
-  if [[ -n "${GPU_PYTHON_VERSION:-}" ]]; then
-    TARGET=(--only-binary=:all: --python-version "$GPU_PYTHON_VERSION" --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 --platform any)
-  fi
-  # Resolve the whole dependency tree (metadata only), then fetch every package in it except torch and
-  # its CUDA libraries: `pip download` alone would pull gigabytes of them in as dependencies.
-  "$PY" -m pip install -q --dry-run --ignore-installed --target "$TMP/none" --report "$TMP/report.json" "${TARGET[@]}" -r "$TMP/req.txt"
-  "$PY" - "$TMP/report.json" > "$TMP/pins.txt" <<'EOF'
-import json, re, sys
-for item in json.load(open(sys.argv[1]))["install"]:
-    meta = item["metadata"]
-    if not re.match(r"(torch|triton|nvidia-|cuda-)", meta["name"].lower()):
-        print(f"{meta['name']}=={meta['version']}")
-EOF
-  "$PY" -m pip download -q --no-deps --dest "$WHEELS" "${TARGET[@]}" -r "$TMP/pins.txt"
-  if [[ -n "${GPU_CHECK_TORCH:-}" ]]; then
-    "$PY" -m pip download -q --no-deps --dest "$WHEELS" "${TARGET[@]}" "$GPU_CHECK_TORCH" ${GPU_CHECK_TORCH_INDEX:+--index-url "$GPU_CHECK_TORCH_INDEX"}
-  fi
-  # Packages published only as source (e.g. omegaconf's antlr4 runtime) become wheels here, so the
-  # GPU machine installs without building anything.
-  shopt -s nullglob
-  for sdist in "$WHEELS"/*.tar.gz "$WHEELS"/*.zip; do
-    "$PY" -m pip wheel -q --no-deps --wheel-dir "$WHEELS" "$sdist" && rm -f "$sdist"
-  done
-  rm -rf "$TMP"
-  echo "filled $WHEELS: $(ls "$WHEELS" | wc -l) files, $(du -sh "$WHEELS" | cut -f1)"
-  exit 0
+  shift
+  exec "$PY" tools/fill_wheels.py "$@"
 fi
 
 [[ $# -ge 1 && "$1" != -* ]] || usage
@@ -77,14 +50,27 @@ for arg in "$@"; do
   esac
 done
 
-if ! "$PY" -c "import torch, diffusers, transformers, nerfacc, trimesh, mcubes, imageio_ffmpeg, pytest" 2>/dev/null; then
-  if compgen -G "$WHEELS/*.whl" > /dev/null; then
-    REQ="$(mktemp)"; requirements > "$REQ"
-    "$PY" -c "import torch" 2>/dev/null || echo "torch" >> "$REQ"   # only when the machine has none (wheel brought along)
-    "$PY" -m pip install -q --no-index --find-links "$WHEELS" -r "$REQ"
-    rm -f "$REQ"
-  else
-    echo "gpu_check: dreamperp's dependencies are missing and $WHEELS/ has no wheels: run 'tools/gpu_check.sh --fill-wheels' where a package registry is reachable, and bring the folder along" >&2
+missing() {  # the modules of MODULES that this interpreter cannot find (nothing is imported)
+  "$PY" -c 'import importlib.util, sys; print(" ".join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))' "${MODULES[@]}"
+}
+
+MISSING="$(missing)"
+if [[ -n "$MISSING" ]]; then
+  if ! compgen -G "$WHEELS/*.whl" > /dev/null; then
+    echo "gpu_check: missing $MISSING and $WHEELS/ has no wheels: run 'tools/gpu_check.sh --fill-wheels' where a package registry is reachable, and bring the folder along (carry=[\"$WHEELS\"])" >&2
+    exit 2
+  fi
+  echo "gpu_check: missing $MISSING: installing $WHEELS/*.whl into $SITE" >&2
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  MISSING="$(missing)"
+  if [[ -n "$MISSING" ]]; then
+    echo "gpu_check: still missing after installing $WHEELS/: $MISSING (fill the wheels for this machine: tools/gpu_check.sh --fill-wheels, docs/design.md §13)" >&2
+    exit 2
+  fi
+  # A wheel for another Python, or one that needs newer packages than the machine holds, fails here, not mid-check.
+  if ! ERR="$("$PY" -c 'import importlib, sys; [importlib.import_module(m) for m in sys.argv[1:]]' "${MODULES[@]}" 2>&1)"; then
+    echo "gpu_check: an import fails after installing $WHEELS/: $(echo "$ERR" | tail -n 1) (fill the wheels for this machine: tools/gpu_check.sh --fill-wheels, docs/design.md §13)" >&2
     exit 2
   fi
 fi
