@@ -31,6 +31,7 @@ VIEW_NAMES = ("front", "side", "back", "overhead")  # the view prompts, validati
 DATA_BACKGROUNDS = ("white", "black", "random")  # multiview: what RGBA images are composited on
 BACKGROUND_MODES = ("mlp", "solid", "random")  # the scene's background model
 MESH_FORMATS = ("glb", "obj", "ply")
+TEXTURE_SIZES = tuple(2**k for k in range(4, 14))  # baked texture sizes: 16 … 8192
 VIDEO_MODES = ("rgb", "normal", "depth", "opacity")
 
 
@@ -264,10 +265,10 @@ class ExportConfig:
 
     formats: List[str] = opt(["glb"], "Mesh formats to write: any of glb, obj, ply.")
     resolution: int = opt(256, "Marching-cubes grid resolution per axis.", min=8)
-    threshold: str = opt("auto", "Density iso-level: 'auto' (min(25, half the peak density)) or a number.")
+    threshold: str = opt("auto", "Density iso-level: 'auto' (read from the scene's renders, docs/design.md §13) or a number.")
     faces: int = opt(50000, "Decimate the mesh to at most this many faces (0: keep every face).", min=0)
     texture: bool = opt(True, "glb/obj: UV-unwrap and bake the albedo into a texture (false: vertex colours; ply always has vertex colours).")
-    texture_size: int = opt(1024, "Baked texture width = height in pixels (a power of two).", choices=[2**k for k in range(4, 14)])
+    texture_size: int = opt(1024, "Baked texture width = height in pixels (a power of two).", choices=list(TEXTURE_SIZES))
     min_component_ratio: float = opt(0.05, "Drop disconnected pieces with fewer faces than this share of the largest.", min=0, max=1)
     video_frames: int = opt(120, "Turntable frames.", min=1)
     video_fps: int = opt(30, "Turntable frames per second.", min=1)
@@ -597,14 +598,20 @@ def validate(cfg: Config, *, require_prompt: bool = True) -> None:
     parse_threshold(cfg.export.threshold)
 
 
-def parse_threshold(value: str) -> Optional[float]:
-    """'auto' → None, else a float. Raises ConfigError for anything else."""
-    if str(value).strip().lower() == "auto":
+def parse_threshold(value: Any, flag: Optional[str] = None) -> Optional[float]:
+    """'auto' (or None) → None, else a finite float; anything else is a ConfigError for
+    export.threshold, or a UsageError naming ``flag`` (a command-line flag) when given."""
+    if value is None or str(value).strip().lower() == "auto":
         return None
     try:
-        return float(value)
-    except ValueError:
-        raise ConfigError("export.threshold", f"must be 'auto' or a number, got {value!r}") from None
+        level = float(value)
+    except (TypeError, ValueError):
+        level = math.nan
+    if not math.isfinite(level):
+        if flag is not None:
+            raise UsageError(f"{flag} must be 'auto' or a finite number, got {value!r}")
+        raise ConfigError("export.threshold", f"must be 'auto' or a finite number, got {value!r}")
+    return level
 
 
 def to_yaml(cfg: Config) -> str:
