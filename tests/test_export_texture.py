@@ -19,7 +19,9 @@ from dreamperp.cli import main
 from dreamperp.errors import UsageError
 from dreamperp.export import texture as texture_mod
 from dreamperp.export.decimate import decimate, is_closed
-from dreamperp.export.mesh import build_meshes, density_grid, export_mesh, extract_surface, inside_sphere_mask, mesh_files, surface_grid
+from dreamperp.export.formats import mesh_files
+from dreamperp.export.mesh import build_meshes, export_mesh
+from dreamperp.export.surface import density_grid, extract_surface, inside_sphere_mask, surface_grid
 from dreamperp.export.texture import bake_albedo, dilate, rasterize_uv, uv_atlas
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,11 +105,13 @@ def test_glb_texture_colours_match_the_field(exported: Path) -> None:
     got, _ = bilinear(image, uv)
     truth = albedo_truth(torch.from_numpy(world).float()).numpy()
     err = np.abs(got - truth)
-    # A texel spans <= 0.01 scene units here (sphere area 2.5 over the baked part of 256²) and the colour
-    # changes by at most 1.2 per unit, so bilinear filtering is off by <= ~0.006 (less on average), and
-    # uint8 rounding adds <= 0.002. Measured: mean 0.0008, 99th percentile 0.004, max 0.015.
-    assert err.mean() < 0.004, err.mean()
-    assert np.percentile(err, 99) < 0.02, np.percentile(err, 99)
+    # The bake is the colour the renders show (composited along the normal, docs/design.md §13), computed
+    # at 1/4 of the texture size: a texel there spans <= 0.04 scene units and the colour changes by at
+    # most 1.2 per unit, so bilinear upsampling is off by <= ~0.025 (far less on average); the composite
+    # sits ~0.015 inside the surface (σ = 50: half opaque after ln 2 / 50), <= 0.02 more; uint8 adds
+    # <= 0.002: <= 0.047 in all. Measured: mean 0.007, 99th percentile 0.035.
+    assert err.mean() < 0.012, err.mean()
+    assert np.percentile(err, 99) < 0.047, np.percentile(err, 99)
 
 
 def test_every_texel_a_face_uses_is_filled(built) -> None:
@@ -140,14 +144,15 @@ def test_obj_mtl_png_load_with_their_texture(exported: Path) -> None:
     assert len(mesh.faces) <= BUDGET and mesh.visual.uv.min() >= 0 and mesh.visual.uv.max() <= 1
     points, uv = surface_uv(mesh, 5000)  # the OBJ keeps the z-up world frame
     got, _ = bilinear(np.asarray(mesh.visual.material.image.convert("RGB")), uv)
-    assert np.abs(got - albedo_truth(torch.from_numpy(points).float()).numpy()).mean() < 0.01
+    assert np.abs(got - albedo_truth(torch.from_numpy(points).float()).numpy()).mean() < 0.012  # as for the GLB
 
 
 def test_ply_keeps_vertex_colours(exported: Path) -> None:
     mesh = trimesh.load(exported / "mesh.ply", process=False)
     assert mesh.visual.kind == "vertex" and len(mesh.faces) <= BUDGET and mesh.is_watertight
     colours = mesh.visual.vertex_colors[:, :3] / 255.0
-    np.testing.assert_allclose(colours, albedo_truth(torch.from_numpy(mesh.vertices).float()).numpy(), atol=1 / 255 + 1e-6)
+    # the composite colour (docs/design.md §13) lies ~0.015 inside the surface: <= 0.02 off at 1.2 per unit (measured 0.0185)
+    np.testing.assert_allclose(colours, albedo_truth(torch.from_numpy(mesh.vertices).float()).numpy(), atol=0.02 + 1 / 255)
 
 
 def test_texture_off_and_config_keys(tmp_path: Path) -> None:
@@ -155,7 +160,7 @@ def test_texture_off_and_config_keys(tmp_path: Path) -> None:
     (path,) = export_mesh(colour_scene(), cfg, tmp_path, ["glb"], progress=False)
     (mesh,) = trimesh.load(path).geometry.values()
     assert mesh.visual.kind == "vertex" and len(mesh.faces) <= 500
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mesh.glb"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fidelity.json", "mesh.glb"]
 
 
 # ------------------------------------------------------------------------------------ validator
@@ -194,7 +199,8 @@ def test_glb_passes_the_khronos_gltf_validator(exported: Path) -> None:
 
 # ------------------------------------------------------------------------------------ the pieces
 def test_decimate_keeps_closed_and_budget() -> None:
-    v, f, _ = extract_surface(analytic_scene(), 1.0, 64)
+    surf = extract_surface(analytic_scene(), 1.0, 64)
+    v, f = surf.vertices, surf.faces
     assert is_closed(f)
     v2, f2 = decimate(v, f, 1000)
     assert len(f2) <= 1000 and is_closed(f2)
@@ -249,9 +255,9 @@ def test_coarse_to_fine_grid_gives_the_dense_surface() -> None:
 
     scene = analytic_scene((((0.1, 0.0, 0.0), 0.4), ((-0.5, 0.2, 0.1), 0.15)))
     inside = inside_sphere_mask(1.0, 64)
-    band, level = surface_grid(scene, 1.0, inside, None, coarse_to_fine=True)
+    level = 25.0
+    band = surface_grid(scene, 1.0, inside, level, coarse_to_fine=True)
     dense = density_grid(scene, 1.0, inside)
-    assert level == pytest.approx(25.0)
     vb, fb = mcubes.marching_cubes(np.pad(band, 1), level)
     vd, fd = mcubes.marching_cubes(np.pad(dense, 1), level)
     assert len(fb) == len(fd)
@@ -298,8 +304,8 @@ def test_cli_export_textured_prints_threshold_and_timings(run_dir: Path, capsys:
     assert main(args) == 0
     out, err = capsys.readouterr()
     assert out.split() == [str(run_dir / "export" / "mesh.obj")]
-    assert "threshold auto = " in err and "(half the peak density)" in err
-    for stage in ("marching cubes", "decimation", "atlas", "bake", "write"):
+    assert "threshold auto = " in err and "(read from the scene" in err
+    for stage in ("level", "marching cubes", "decimation", "visibility", "atlas", "bake", "write", "fidelity"):
         assert f"{stage} " in err
     mesh = trimesh.load(run_dir / "export" / "mesh.obj", process=False)
     assert mesh.visual.kind == "texture" and len(mesh.faces) <= 800
@@ -308,11 +314,11 @@ def test_cli_export_textured_prints_threshold_and_timings(run_dir: Path, capsys:
 
 
 def test_coarse_to_fine_grid_keeps_the_empty_and_solid_errors(tmp_path: Path) -> None:
-    from dreamperp.export.mesh import EmptyFieldError
+    from dreamperp.export.surface import EmptyFieldError
 
     cfg = small_config(resolution=128)  # the coarse-to-fine path; only the coarse lattice is evaluated here
     with pytest.raises(EmptyFieldError, match=r"empty.*--threshold"):
         export_mesh(analytic_scene(sigma=0.0), cfg, tmp_path, progress=False)
-    with pytest.raises(EmptyFieldError, match=r"solid.*threshold auto = 25 "):
+    with pytest.raises(EmptyFieldError, match=r"solid.*threshold auto = "):
         export_mesh(analytic_scene((((0.0, 0.0, 0.0), 5.0),)), cfg, tmp_path, progress=False)
     assert not list(tmp_path.iterdir())

@@ -5,10 +5,12 @@ Level (``threshold`` auto). Rays from 64 directions spread over the sphere cross
 those that the field makes at least a little opaque are marched finely (256 samples across the
 bound sphere). On each, the *rendered* surface is where the accumulated opacity
 ``1 − exp(−∫σ)`` crosses ½ (a ray that never gets half opaque shows background), and the surface
-of a level ``L`` is the first sample where ``σ >= L``. The level chosen is the one whose hits best
-agree with the rendered ones (silhouette IoU over the rays, within 0.01 of the best), and among
-those the one whose first crossings lie closest to the half-opacity depths (median distance). A
-field no ray of which gets half opaque is empty. An explicit ``--threshold X`` skips the fit.
+of a level ``L`` is the first sample where ``σ >= L``. The level chosen minimises the mean, over
+the rays either surface hits, of the distance between the two crossings, a ray hit by only one of
+them costing ``0.3 × bound`` (the cap of every distance). A pure silhouette criterion picks levels far
+too low: rays grazing a soft surface get half opaque in its outer haze, and matching them moves
+the whole surface outwards (measured in docs/design.md §13). A field no ray of which gets half
+opaque is empty. An explicit ``--threshold X`` skips the fit.
 
 Density grid. The density is sampled on a ``resolution³`` grid spanning ``[-bound, bound]³``;
 points outside the sphere of radius ``bound`` are zero (the renderer only marches inside it), and
@@ -46,7 +48,7 @@ FIT_SAMPLES = 256
 FIT_COARSE_SAMPLES = 32
 FIT_MIN_OPACITY = 0.02
 FIT_LEVELS = 64
-FIT_IOU_SLACK = 0.01
+FIT_MISS_COST = 0.3  # × bound: what a ray hit by only one of the two surfaces costs in the fit
 
 
 class EmptyFieldError(UsageError):
@@ -137,18 +139,19 @@ def fit_level(scene: Any, bound: float) -> LevelFit:
             f"surface is rendered; nothing to mesh — train longer, or force a level with --threshold (export.threshold), {hint}"
         )
     levels = torch.logspace(math.log10(peak * 1e-3), math.log10(peak), FIT_LEVELS, dtype=torch.float64)
+    miss = FIT_MISS_COST * bound
     rows = []
     for level in levels.tolist():
         hit, first = _first_crossing(t, sigma, level)
         both = hit & shown
-        union = int((hit | shown).sum())
-        iou = int(both.sum()) / max(union, 1)
+        any_ = hit | shown
         gap = depth[both] - first[both]
+        cost = (gap.abs().clamp_max(miss).sum() + miss * (int(any_.sum()) - int(both.sum()))) / max(int(any_.sum()), 1)
+        iou = int(both.sum()) / max(int(any_.sum()), 1)
         err = float(gap.abs().median()) if bool(both.any()) else math.inf
         offset = float(gap.median()) if bool(both.any()) else 0.0
-        rows.append((iou, err, level, offset))
-    best_iou = max(r[0] for r in rows)
-    iou, err, level, offset = min((r for r in rows if r[0] >= best_iou - FIT_IOU_SLACK), key=lambda r: (r[1], -r[0]))
+        rows.append((float(cost), iou, err, level, offset))
+    _, iou, err, level, offset = min(rows)
     return LevelFit(level=float(level), iou=iou, depth_error=err, rays=len(t), peak=peak, offset=offset)
 
 
