@@ -157,4 +157,4 @@ def test_export_of_an_analytic_scene_meets_the_fidelity_targets(tmp_path: Path) 
     assert min(v["iou"] for v in record["views"]) >= 0.9
     assert min(v["psnr"] for v in record["views"]) >= 25.0
     assert record["depth_error_mean"] < 0.03
-    assert record["unseen_area_removed"] < 0.01 and record["level_fit"]["level"] > 0
+    assert record["unseen_faces_removed"] < 0.01 and record["seen_area"] > 0.99 and record["level_fit"]["level"] > 0

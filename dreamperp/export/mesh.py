@@ -30,7 +30,7 @@ from dreamperp.images import to_uint8
 from dreamperp.runs.checkpoint import load_run
 
 FIDELITY_NAME = "fidelity.json"
-VISIBILITY_VIEWS = 48
+VISIBILITY_VIEWS = 32
 VISIBILITY_SIZE = 256
 
 
@@ -135,7 +135,8 @@ class ExportedMesh:
     timings: Timings
     texture_filled: Optional[np.ndarray] = None  # [S, S] bool: texels baked or reached by the chart padding
     fit: Optional[LevelFit] = None
-    unseen_area: float = 0.0  # share of the decimated surface's area no view saw (removed)
+    unseen_faces: float = 0.0  # share of the marching-cubes faces no view of the orbit saw (removed)
+    seen_area: float = 1.0  # share of the final surface's area a denser orbit sees
 
     @property
     def final(self) -> "trimesh.Trimesh":  # noqa: F821
@@ -192,30 +193,34 @@ def build_meshes(
     progress: bool = False,
     timings: Optional[Timings] = None,
 ) -> ExportedMesh:
-    """Level → marching cubes → decimation to ``faces`` (0: keep all) → unseen faces removed →
-    (``texture``) xatlas + bake, and (``vertex_colours``) the albedo at the decimated vertices."""
+    """Level → marching cubes → faces no view of a dense orbit sees removed → floaters dropped →
+    decimation to ``faces`` (0: keep all) → (``texture``) xatlas + bake, and (``vertex_colours``)
+    the colour the renders show at the decimated vertices."""
     import trimesh
 
     from dreamperp.export.decimate import decimate
     from dreamperp.export.raster import face_areas, visible_faces
-    from dreamperp.export.surface import drop_faces
+    from dreamperp.export.surface import drop_faces, keep_large_components
     from dreamperp.export.texture import bake_composite, uv_atlas
 
     timings = timings or Timings()
     with timings.stage("level"):
         fit = fit_level(scene, bound) if threshold is None else None
     with timings.stage("marching cubes"):
-        surf = extract_surface(scene, bound, resolution, threshold, min_component_ratio, fit=fit, progress=progress)
+        surf = extract_surface(scene, bound, resolution, threshold, 0.0, fit=fit, progress=progress)
     faces_before = len(surf.faces)
-    with timings.stage("decimation"):
-        vertices, tris = decimate(surf.vertices, surf.faces, faces)
     with timings.stage("visibility"):
+        seen = visible_faces(torch.from_numpy(surf.vertices), torch.from_numpy(surf.faces), bound, views=VISIBILITY_VIEWS, size=VISIBILITY_SIZE).numpy()
+        vertices, tris = drop_faces(surf.vertices, surf.faces, seen) if seen.any() else (surf.vertices, surf.faces)
+        vertices, tris = keep_large_components(vertices, tris, min_component_ratio)
+    with timings.stage("decimation"):
+        vertices, tris = decimate(vertices, tris, faces)
+    with timings.stage("visibility"):
+        # the share of the final surface a denser, interleaved orbit sees (the target: >= 95 %)
         v_t, f_t = torch.from_numpy(vertices), torch.from_numpy(tris)
-        seen = visible_faces(v_t, f_t, bound, views=VISIBILITY_VIEWS, size=VISIBILITY_SIZE).numpy()
+        check = visible_faces(v_t, f_t, bound, views=2 * VISIBILITY_VIEWS, size=VISIBILITY_SIZE, offset=0.25).numpy()
         area = face_areas(v_t, f_t).numpy()
-        unseen = float(area[~seen].sum() / max(area.sum(), 1e-30))
-        if seen.any() and not seen.all():
-            vertices, tris = drop_faces(vertices, tris, seen)
+        seen_area = float(area[check].sum() / max(area.sum(), 1e-30))
     coloured = textured = filled = None
     # Smooth shading normals from the welded mesh, so the vertices xatlas splits at seams agree.
     normals = trimesh.Trimesh(vertices=vertices, faces=tris, process=False).vertex_normals
@@ -236,7 +241,7 @@ def build_meshes(
         with timings.stage("bake"):
             colours = vertex_colour(scene, vertices, normals)
             coloured = trimesh.Trimesh(vertices, tris, vertex_normals=normals, vertex_colors=colours, process=False)
-    return ExportedMesh(coloured, textured, surf.level, faces_before, timings, filled, surf.fit, unseen)
+    return ExportedMesh(coloured, textured, surf.level, faces_before, timings, filled, surf.fit, float(1.0 - seen.mean()) if len(seen) else 0.0, seen_area)
 
 
 def threshold_note(level: float, fit: Optional[LevelFit]) -> str:
@@ -319,7 +324,8 @@ def export_mesh(
             "level_fit": None if built.fit is None else vars(built.fit),
             "faces_marching_cubes": built.faces_before,
             "faces": len(built.final.faces),
-            "unseen_area_removed": built.unseen_area,
+            "unseen_faces_removed": built.unseen_faces,
+            "seen_area": built.seen_area,
             "resolution": args.resolution,
             "texture_size": args.texture_size if textured_formats else None,
             "seconds": {**timings.seconds, "total": timings.total()},

@@ -14,6 +14,7 @@ Screen coordinates: ``x`` = column, ``y`` = row, integers at pixel centres (the 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -142,25 +143,30 @@ def ortho_project(vertices: Tensor, direction: Tensor, half_width: float, size: 
     return torch.stack([x, y], -1), vertices @ direction.to(vertices.dtype)
 
 
-def fibonacci_directions(n: int) -> Tensor:
-    """``n`` unit vectors ``[n, 3]`` (float64) spread evenly over the sphere (golden-angle spiral)."""
-    i = torch.arange(n, dtype=torch.float64) + 0.5
-    z = 1.0 - 2.0 * i / n
+def fibonacci_directions(n: int, lowest_deg: float = -90.0, offset: float = 0.5) -> Tensor:
+    """``n`` unit view directions ``[n, 3]`` (float64) spread evenly (golden-angle spiral) over the
+    cameras at elevation >= ``lowest_deg`` (a camera looks along −its position: direction z = −sin e).
+    ``offset`` in (0, 1) shifts the spiral (another, interleaved set of views)."""
+    i = torch.arange(n, dtype=torch.float64) + offset
+    top, bottom = 1.0, math.sin(math.radians(lowest_deg))
+    z = top - (top - bottom) * i / n  # sine of the camera elevation
     r = (1.0 - z * z).clamp_min(0).sqrt()
     phi = i * torch.pi * (3.0 - 5.0**0.5)
-    return torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)
+    return -torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)
 
 
 @torch.no_grad()
-def visible_faces(vertices: Tensor, faces: Tensor, bound: float, *, views: int = 48, size: int = 256, tolerance: float = 1.5) -> Tensor:
-    """Which faces a dense set of outside views sees → ``[F]`` bool.
+def visible_faces(
+    vertices: Tensor, faces: Tensor, bound: float, *, views: int = 32, size: int = 256, lowest_deg: float = -30.0, offset: float = 0.5, tolerance: float = 1.5
+) -> Tensor:
+    """Which faces a dense orbit sees → ``[F]`` bool.
 
-    ``views`` orthographic views along :func:`fibonacci_directions`, each ``size²`` pixels over the
-    scene box ``[−bound, bound]²``. A face is seen by a view when its centroid lies no more than
+    ``views`` orthographic views along :func:`fibonacci_directions` (cameras from ``lowest_deg``
+    elevation up to straight above), each ``size²`` pixels over the scene box ``[−bound, bound]²``.
+    A face is seen by a view when it is turned to it and its centroid lies no more than
     ``tolerance`` pixels (in scene units) behind the depth buffer at the centroid's pixel: faces
     smaller than a pixel own no pixel centre yet are seen, and a face seen at a grazing angle is
-    judged by the views that see it less obliquely. Faces must wind outwards (a face turned away
-    from a view is not seen by it).
+    judged by the views that see it less obliquely. Faces must wind outwards.
     """
     v = vertices.float()
     f = faces.long()
@@ -169,14 +175,14 @@ def visible_faces(vertices: Tensor, faces: Tensor, bound: float, *, views: int =
     normal = torch.linalg.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])  # outward for outward winding
     seen = torch.zeros(len(f), dtype=torch.bool, device=v.device)
     slack = tolerance * 2.0 * bound / size
-    for d in fibonacci_directions(views).to(v):
+    for d in fibonacci_directions(views, lowest_deg, offset).to(v):
+        front = (normal @ d <= 0).nonzero()[:, 0]  # only faces turned to the view can be nearest on a closed surface
         xy, z = ortho_project(v, d, bound, size)
-        front = normal @ d <= 0  # only faces turned to the view can be nearest on a closed surface
-        buffer = rasterize(xy, z, f, size, size, perspective=False, only=front).depth
-        cxy, cz = ortho_project(centroid, d, bound, size)
+        buffer = rasterize(xy, z, f[front], size, size, perspective=False).depth
+        cxy, cz = ortho_project(centroid[front], d, bound, size)
         col = cxy[:, 0].round().long().clamp(0, size - 1)
         row = cxy[:, 1].round().long().clamp(0, size - 1)
-        seen |= front & (cz <= buffer[row, col] + slack)
+        seen[front[cz <= buffer[row, col] + slack]] = True
     return seen
 
 

@@ -22,8 +22,13 @@ empty or solid as their corners say — exact for every surface wider than a coa
 Cavities. Every empty region (below the level) that does not reach the outside of the grid is
 enclosed by the object: no outside view sees its walls, so it is filled (set above the level)
 before marching cubes — first on the coarse lattice, so that the walls of large cavities are never
-refined, then on the fine grid. This removes the inner shells a reconstruction's interior grows.
-Disconnected pieces with fewer faces than ``min_component_ratio`` × the largest are dropped.
+refined, then on the fine grid. A reconstruction's shell is often open where no training view
+looked (its underside), which connects its inside to the outside; so the solid is also closed over
+openings up to ``2 × CLOSE_RADIUS`` wide and the empty points deeper than that inside it are
+filled too (:func:`enclosed`), leaving the surface within ``CLOSE_RADIUS`` of the outside as it is.
+This removes the inner shells a reconstruction's interior grows; faces that still no view sees go
+in :func:`dreamperp.export.raster.visible_faces`.
+Disconnected pieces with less area than ``min_component_ratio`` × the largest are dropped.
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ FIT_SAMPLES = 256
 FIT_COARSE_SAMPLES = 32
 FIT_MIN_OPACITY = 0.02
 FIT_LEVELS = 64
+CLOSE_RADIUS = 0.06  # × bound: openings of a shell up to about twice this wide are closed when filling its inside
 FIT_MISS_COST = 0.3  # × bound: what a ray hit by only one of the two surfaces costs in the fit
 
 
@@ -196,12 +202,23 @@ def _density_at(scene: Any, bound: float, mask: np.ndarray, out: np.ndarray, *, 
         out[i][mask[i]] = np.nan_to_num(sigma, nan=0.0, posinf=np.finfo(np.float32).max)
 
 
-def enclosed(solid: np.ndarray) -> np.ndarray:
+def enclosed(solid: np.ndarray, close: int = 0) -> np.ndarray:
     """Points of ``~solid [R, R, R]`` not connected (through face neighbours) to the grid's border:
-    the cavities, which no outside view sees into."""
-    from scipy.ndimage import binary_fill_holes
+    the cavities, which no outside view sees into. With ``close`` = k > 0, also the empty points
+    more than 2k steps inside the solid closed over openings up to ~2k steps wide (dilate by k,
+    fill, erode by 3k): the inside of a shell left open where no training view looked."""
+    from scipy.ndimage import binary_dilation, binary_erosion, binary_fill_holes
 
-    return binary_fill_holes(solid) & ~solid
+    cavities = binary_fill_holes(solid) & ~solid
+    if close > 0:
+        closed = binary_fill_holes(binary_dilation(solid, iterations=close))
+        cavities |= binary_erosion(closed, iterations=3 * close, border_value=0) & ~solid
+    return cavities
+
+
+def close_steps(bound: float, spacing: float) -> int:
+    """Grid steps of :data:`CLOSE_RADIUS` at this grid spacing (at least 1)."""
+    return max(1, round(CLOSE_RADIUS * bound / spacing))
 
 
 @torch.no_grad()
@@ -228,6 +245,7 @@ def surface_grid(
     if not (resolution >= BAND_MIN_RESOLUTION if coarse_to_fine is None else coarse_to_fine):
         grid = density_grid(scene, bound, inside, progress=progress)
         check_level(grid, inside, level, threshold_given)
+        grid[enclosed(grid >= level, close_steps(bound, 2.0 * bound / (resolution - 1)))] = solid_value
     else:
         idx = np.unique(np.r_[np.arange(0, resolution, BAND_STRIDE), resolution - 1])  # coarse lattice ⊂ fine points
         cell_of = np.minimum(np.searchsorted(idx, np.arange(resolution), side="right") - 1, len(idx) - 2)
@@ -238,7 +256,8 @@ def surface_grid(
         _density_at(scene, bound, known, grid)
         check_level(grid, known, level, threshold_given)
         corners = grid[np.ix_(idx, idx, idx)]
-        corners[enclosed(corners >= level)] = solid_value  # large cavities: their walls need no refining
+        coarse_step = 2.0 * bound * BAND_STRIDE / (resolution - 1)
+        corners[enclosed(corners >= level, close_steps(bound, coarse_step))] = solid_value  # their walls need no refining
         n = len(idx) - 1  # coarse cells per axis
         shifted = [corners[a : n + a, b : n + b, c : n + c] for a in (0, 1) for b in (0, 1) for c in (0, 1)]
         cmax, cmin = np.maximum.reduce(shifted), np.minimum.reduce(shifted)
@@ -274,7 +293,7 @@ def check_level(grid: np.ndarray, inside: np.ndarray, level: float, threshold_gi
 
 # ------------------------------------------------------------------------------------ the surface
 def keep_large_components(vertices: np.ndarray, faces: np.ndarray, min_ratio: float) -> tuple[np.ndarray, np.ndarray]:
-    """Drop connected pieces (sharing vertices) with fewer faces than ``min_ratio`` × the largest piece's.
+    """Drop connected pieces (sharing vertices) with less area than ``min_ratio`` × the largest piece's.
 
     ``vertices [V, 3]``, ``faces [F, 3]`` → the kept vertices and re-indexed faces.
     """
@@ -288,8 +307,10 @@ def keep_large_components(vertices: np.ndarray, faces: np.ndarray, min_ratio: fl
     graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
     face_label = labels[faces[:, 0]]
-    counts = np.bincount(face_label)
-    return drop_faces(vertices, faces, counts[face_label] >= min_ratio * counts.max())
+    tri = vertices[faces]
+    area = 0.5 * np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    piece = np.bincount(face_label, weights=area)
+    return drop_faces(vertices, faces, piece[face_label] >= min_ratio * piece.max())
 
 
 def drop_faces(vertices: np.ndarray, faces: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
