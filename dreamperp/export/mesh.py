@@ -152,19 +152,6 @@ def vertex_albedo(scene: Any, vertices: np.ndarray, chunk: int = 1 << 18) -> np.
 
 
 @torch.no_grad()
-def vertex_colour(scene: Any, vertices: np.ndarray, normals: np.ndarray) -> np.ndarray:
-    """RGBA uint8 ``[V, 4]``: the colour renders show at ``vertices [V, 3]`` (outward ``normals [V, 3]``),
-    :func:`~dreamperp.export.texture.composite_colour`."""
-    from dreamperp.export.texture import composite_colour
-
-    device = scene_device(scene)
-    pts = torch.from_numpy(np.asarray(vertices, dtype=np.float32)).to(device)
-    nrm = torch.nn.functional.normalize(torch.from_numpy(np.asarray(normals, dtype=np.float32)).to(device), dim=-1)
-    rgb = to_uint8(composite_colour(scene.field, pts, nrm).cpu())
-    return np.concatenate([rgb, np.full((len(rgb), 1), 255, dtype=np.uint8)], 1)
-
-
-@torch.no_grad()
 def extract_mesh(
     scene: Any, bound: float, resolution: int = 256, threshold: Optional[float] = None, min_component_ratio: float = 0.05, *, progress: bool = False
 ) -> "trimesh.Trimesh":  # noqa: F821
@@ -195,13 +182,13 @@ def build_meshes(
 ) -> ExportedMesh:
     """Level → marching cubes → faces no view of a dense orbit sees removed → floaters dropped →
     decimation to ``faces`` (0: keep all) → (``texture``) xatlas + bake, and (``vertex_colours``)
-    the colour the renders show at the decimated vertices."""
+    the albedo at the decimated vertices."""
     import trimesh
 
     from dreamperp.export.decimate import decimate
     from dreamperp.export.raster import face_areas, visible_faces
     from dreamperp.export.surface import drop_faces, keep_large_components
-    from dreamperp.export.texture import bake_composite, uv_atlas
+    from dreamperp.export.texture import bake_albedo, uv_atlas
 
     timings = timings or Timings()
     with timings.stage("level"):
@@ -231,7 +218,7 @@ def build_meshes(
             vmapping, atlas_faces, uv = uv_atlas(vertices, tris, texture_size)
         with timings.stage("bake"):
             atlas_vertices = vertices[vmapping]
-            image, filled = bake_composite(scene.field, atlas_vertices, normals[vmapping], atlas_faces, uv, texture_size, scene_device(scene))
+            image, _, filled = bake_albedo(scene.albedo, atlas_vertices, atlas_faces, uv, texture_size, scene_device(scene))
             material = trimesh.visual.material.PBRMaterial(
                 name="albedo", baseColorTexture=Image.fromarray(image), metallicFactor=0.0, roughnessFactor=1.0
             )
@@ -239,7 +226,7 @@ def build_meshes(
             textured = trimesh.Trimesh(atlas_vertices, atlas_faces, vertex_normals=normals[vmapping], visual=visual, process=False)
     if vertex_colours:
         with timings.stage("bake"):
-            colours = vertex_colour(scene, vertices, normals)
+            colours = vertex_albedo(scene, vertices)
             coloured = trimesh.Trimesh(vertices, tris, vertex_normals=normals, vertex_colors=colours, process=False)
     return ExportedMesh(coloured, textured, surf.level, faces_before, timings, filled, surf.fit, float(1.0 - seen.mean()) if len(seen) else 0.0, seen_area)
 

@@ -27,7 +27,7 @@ Image convention: row 0 is the top of the image and ``v`` points up (OBJ/trimesh
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -202,72 +202,3 @@ def bake_albedo(
     texture = to_uint8(image)
     return texture, covered.cpu().numpy(), filled.cpu().numpy()
 
-
-# ------------------------------------------------------------------------- what the renders show
-COMPOSITE_OUTSIDE = 0.03  # the march along −normal starts this far outside the surface (scene units)
-COMPOSITE_DEPTH = 0.15  # and ends this far inside it
-COMPOSITE_SAMPLES = 12
-COMPOSITE_TEXELS = 4  # the composite is baked at 1/4 of the texture size and upsampled (bilinear)
-
-
-@torch.no_grad()
-def composite_colour(field: Any, points: Tensor, normals: Tensor, chunk: int = 1 << 16) -> Tensor:
-    """The colour a ray looking straight down the surface ``normals [N, 3]`` at ``points [N, 3]``
-    renders: albedo composited with the density's weights from :data:`COMPOSITE_OUTSIDE` outside to
-    :data:`COMPOSITE_DEPTH` inside, divided by the opacity reached (the albedo at the point where
-    the march stays transparent) → ``[N, 3]`` in [0, 1]. ``field``: ``encode``, ``density_from_features``, ``albedo_from_features``."""
-    s = COMPOSITE_SAMPLES
-    delta = (COMPOSITE_OUTSIDE + COMPOSITE_DEPTH) / s
-    t = COMPOSITE_OUTSIDE - delta * (torch.arange(s, device=points.device, dtype=points.dtype) + 0.5)  # signed offsets along the normal
-    out = []
-    for p, n in zip(points.split(chunk), normals.split(chunk)):
-        x = (p[:, None, :] + n[:, None, :] * t[None, :, None]).reshape(-1, 3)
-        h = field.encode(x)
-        sigma = torch.nan_to_num(field.density_from_features(x, h).float(), nan=0.0).clamp_min(0).view(-1, s)
-        albedo = field.albedo_from_features(h).float().view(-1, s, 3)
-        alpha = 1.0 - torch.exp(-sigma * delta)
-        trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1.0 - alpha[:, :-1]], 1), 1)
-        w = trans * alpha
-        total = w.sum(1, keepdim=True)
-        at_point = albedo[:, s // 5]  # the sample nearest the surface point (COMPOSITE_OUTSIDE is 1/6 of the march)
-        out.append(torch.where(total > 1e-4, (w[..., None] * albedo).sum(1) / total.clamp_min(1e-4), at_point))
-    return torch.cat(out).clamp(0.0, 1.0) if out else torch.zeros(0, 3, device=points.device)
-
-
-@torch.no_grad()
-def bake_composite(
-    field: Any,
-    vertices: np.ndarray,
-    normals: np.ndarray,
-    faces: np.ndarray,
-    uv: np.ndarray,
-    size: int,
-    device: torch.device | str = "cpu",
-    *,
-    padding: int = ATLAS_PADDING,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Bake :func:`composite_colour` into a ``size²`` texture: computed at ``size / COMPOSITE_TEXELS``
-    texels (the charts padded there too), upsampled bilinearly. ``vertices``/``normals [V, 3]``,
-    ``faces [F, 3]``, ``uv [V, 2]`` describe the atlas mesh. Returns ``texture [S, S, 3]`` uint8 and
-    ``filled [S, S]`` (texels a face covers at full size, or the chart padding reaches)."""
-    device = torch.device(device)
-    coarse = max(size // COMPOSITE_TEXELS, 16)
-    v = torch.from_numpy(np.asarray(vertices, dtype=np.float32)).to(device)
-    nrm = torch.nn.functional.normalize(torch.from_numpy(np.asarray(normals, dtype=np.float32)).to(device), dim=-1)
-    f = torch.from_numpy(np.asarray(faces, dtype=np.int64)).to(device)
-    uv_t = torch.from_numpy(np.asarray(uv, dtype=np.float64)).to(device)
-    face_id, bary = rasterize_uv(uv_t, f, coarse)
-    covered = face_id >= 0
-    fid, lam = face_id[covered], bary[covered]
-    points = torch.einsum("nk,nkd->nd", lam, v[f[fid]])
-    point_normals = torch.nn.functional.normalize(torch.einsum("nk,nkd->nd", lam, nrm[f[fid]]), dim=-1)
-    image = torch.zeros(coarse, coarse, 3, dtype=torch.float32, device=device)
-    image[covered] = composite_colour(field, points, point_normals).to(device)
-    image, filled = dilate(image, covered, max(padding // COMPOSITE_TEXELS, 1) + 1)
-    if bool(covered.any()):
-        image[~filled] = image[covered].mean(0)
-    if coarse != size:
-        image = torch.nn.functional.interpolate(image.permute(2, 0, 1)[None], size=(size, size), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
-    fine_id, _ = rasterize_uv(uv_t, f, size)
-    _, fine_filled = dilate(torch.zeros(size, size, 1, device=device), fine_id >= 0, padding)
-    return to_uint8(image), fine_filled.cpu().numpy()
