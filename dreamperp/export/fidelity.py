@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -194,3 +195,15 @@ def fidelity_line(fid: Fidelity) -> str:
         f"depth error {fid.depth_error_mean:.4f}; "
         f"{verdict} the targets IoU >= {TARGET_IOU} and PSNR >= {TARGET_PSNR:g} dB on every view"
     )
+
+
+def read_fidelity(run_dir: str | Path) -> Dict[str, Optional[float]]:
+    """The summary of ``RUN/export/fidelity.json`` (``mesh_iou_min``, ``mesh_psnr_min``, ``mesh_psnr_ceiling``:
+    None when the run has none, e.g. an export that failed or never ran), for benchmark tables."""
+    import json
+
+    try:
+        record = json.loads((Path(run_dir) / "export" / "fidelity.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        record = {}
+    return {"mesh_iou_min": record.get("iou_min"), "mesh_psnr_min": record.get("psnr_min"), "mesh_psnr_ceiling": record.get("psnr_ceiling_min")}

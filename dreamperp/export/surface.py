@@ -22,10 +22,10 @@ empty or solid as their corners say — exact for every surface wider than a coa
 Cavities. Every empty region (below the level) that does not reach the outside of the grid is
 enclosed by the object: no outside view sees its walls, so it is filled (set above the level)
 before marching cubes — first on the coarse lattice, so that the walls of large cavities are never
-refined, then on the fine grid. A reconstruction's shell is often open where no training view
-looked (its underside), which connects its inside to the outside; so the solid is also closed over
-openings up to ``2 × CLOSE_RADIUS`` wide and the empty points deeper than that inside it are
-filled too (:func:`enclosed`), leaving the surface within ``CLOSE_RADIUS`` of the outside as it is.
+refined, then on the fine grid. A reconstruction's shell is often perforated (its density dips
+below the level in patches), which connects its inside to the outside; so on the fine grid the
+solid is also closed over holes up to ``2 × CLOSE_RADIUS`` wide and the empty points inside it
+filled (:func:`enclosed`); concave corners are rounded by at most about ``CLOSE_RADIUS``.
 This removes the inner shells a reconstruction's interior grows; faces that still no view sees go
 in :func:`dreamperp.export.raster.visible_faces`.
 Disconnected pieces with less area than ``min_component_ratio`` × the largest are dropped.
@@ -53,7 +53,7 @@ FIT_SAMPLES = 256
 FIT_COARSE_SAMPLES = 32
 FIT_MIN_OPACITY = 0.02
 FIT_LEVELS = 64
-CLOSE_RADIUS = 0.06  # × bound: openings of a shell up to about twice this wide are closed when filling its inside
+CLOSE_RADIUS = 0.03  # × bound: holes in a shell up to about twice this wide are closed when filling its inside
 FIT_MISS_COST = 0.3  # × bound: what a ray hit by only one of the two surfaces costs in the fit
 
 
@@ -205,14 +205,14 @@ def _density_at(scene: Any, bound: float, mask: np.ndarray, out: np.ndarray, *, 
 def enclosed(solid: np.ndarray, close: int = 0) -> np.ndarray:
     """Points of ``~solid [R, R, R]`` not connected (through face neighbours) to the grid's border:
     the cavities, which no outside view sees into. With ``close`` = k > 0, also the empty points
-    more than 2k steps inside the solid closed over openings up to ~2k steps wide (dilate by k,
-    fill, erode by 3k): the inside of a shell left open where no training view looked."""
+    inside the solid closed over openings up to ~2k steps wide and more than one step from its
+    outside (dilate by k, fill, erode by k + 1): the inside of a perforated shell."""
     from scipy.ndimage import binary_dilation, binary_erosion, binary_fill_holes
 
     cavities = binary_fill_holes(solid) & ~solid
     if close > 0:
         closed = binary_fill_holes(binary_dilation(solid, iterations=close))
-        cavities |= binary_erosion(closed, iterations=3 * close, border_value=0) & ~solid
+        cavities |= binary_erosion(closed, iterations=close + 1, border_value=0) & ~solid
     return cavities
 
 
@@ -245,7 +245,6 @@ def surface_grid(
     if not (resolution >= BAND_MIN_RESOLUTION if coarse_to_fine is None else coarse_to_fine):
         grid = density_grid(scene, bound, inside, progress=progress)
         check_level(grid, inside, level, threshold_given)
-        grid[enclosed(grid >= level, close_steps(bound, 2.0 * bound / (resolution - 1)))] = solid_value
     else:
         idx = np.unique(np.r_[np.arange(0, resolution, BAND_STRIDE), resolution - 1])  # coarse lattice ⊂ fine points
         cell_of = np.minimum(np.searchsorted(idx, np.arange(resolution), side="right") - 1, len(idx) - 2)
@@ -256,8 +255,7 @@ def surface_grid(
         _density_at(scene, bound, known, grid)
         check_level(grid, known, level, threshold_given)
         corners = grid[np.ix_(idx, idx, idx)]
-        coarse_step = 2.0 * bound * BAND_STRIDE / (resolution - 1)
-        corners[enclosed(corners >= level, close_steps(bound, coarse_step))] = solid_value  # their walls need no refining
+        corners[enclosed(corners >= level)] = solid_value  # their walls need no refining
         n = len(idx) - 1  # coarse cells per axis
         shifted = [corners[a : n + a, b : n + b, c : n + c] for a in (0, 1) for b in (0, 1) for c in (0, 1)]
         cmax, cmin = np.maximum.reduce(shifted), np.minimum.reduce(shifted)
@@ -268,7 +266,7 @@ def surface_grid(
         solid = (cmin >= level)[np.ix_(cell_of, cell_of, cell_of)] & inside & ~known & ~need
         grid[solid] = solid_value
         grid[np.ix_(idx, idx, idx)] = np.maximum(grid[np.ix_(idx, idx, idx)], np.where(corners == solid_value, solid_value, 0))
-    grid[enclosed(grid >= level)] = solid_value
+    grid[enclosed(grid >= level, close_steps(bound, 2.0 * bound / (resolution - 1)))] = solid_value
     return grid
 
 
