@@ -4,7 +4,9 @@ Atlas: ``xatlas`` on the decimated mesh, packed for the texture size with a few 
 between charts. Left to itself, xatlas grows a few huge charts on a smooth closed surface and
 parameterising them dominates its run time (20–40 s for 50k faces on a 2-core CPU); capping a
 chart at 1/128 of the surface area (:data:`CHARTS_PER_SURFACE`) gives ~200 charts in ≈ 3 s with
-the same texel utilisation (~60 %). The run time still grows faster than linearly with the face
+the same texel utilisation (~60 %). A mesh with many holes (a perforated reconstruction) still gets
+thousands of charts; letting charts grow to a higher cost (:data:`CHART_MAX_COST`) keeps the
+utilisation and takes 40 % less time. The run time still grows faster than linearly with the face
 count (≈ 35 s for 150k), so texturing refuses meshes above :data:`MAX_ATLAS_FACES` instead of
 running for minutes: decimate first (``--faces``) or export vertex colours.
 
@@ -39,6 +41,7 @@ from dreamperp.images import to_uint8
 MAX_ATLAS_FACES = 200_000
 CHARTS_PER_SURFACE = 128  # a chart covers at most this fraction (1/N) of the surface area
 ATLAS_PADDING = 4  # texels between charts; the dilation fills as many
+CHART_MAX_COST = 8.0  # xatlas' default 2 stops growing charts sooner: on a perforated reconstruction (3,400 charts) 15 s → 9 s
 
 
 def uv_atlas(vertices: np.ndarray, faces: np.ndarray, size: int, padding: int = ATLAS_PADDING) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -61,6 +64,7 @@ def uv_atlas(vertices: np.ndarray, faces: np.ndarray, size: int, padding: int = 
     tri = np.asarray(vertices, dtype=np.float64)[np.asarray(faces)]
     area = 0.5 * float(np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1).sum())
     chart_options.max_chart_area = area / CHARTS_PER_SURFACE
+    chart_options.max_cost = CHART_MAX_COST
     pack_options = xatlas.PackOptions()
     pack_options.resolution = int(size)  # texels per unit estimated to fill about size × size
     pack_options.padding = int(padding)
