@@ -158,3 +158,36 @@ def test_export_of_an_analytic_scene_meets_the_fidelity_targets(tmp_path: Path) 
     assert min(v["psnr"] for v in record["views"]) >= 25.0
     assert record["depth_error_mean"] < 0.03
     assert record["unseen_faces_removed"] < 0.01 and record["seen_area"] > 0.99 and record["level_fit"]["level"] > 0
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_short_toy_run_exports_a_faithful_mesh_and_says_so_last(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`dreamperp train configs/toy.yaml` for a few steps with the shipped toy prior: the export at
+    the end writes fidelity.json and prints its line after everything else."""
+    from dreamperp.cli import main
+    from dreamperp.toy.assets import assets_root
+
+    if not (assets_root() / "toy-prior" / "model_index.json").is_file():
+        pytest.skip("the shipped toy prior (assets/toy-prior) is missing")
+    out = tmp_path / "out"
+    code = main([
+        "train", str(ROOT / "configs" / "toy.yaml"), f"output_dir={out}", "trainer.max_steps=40", "trainer.val_every=40",
+        "trainer.checkpoint_every=40", "trainer.progress=false", "trainer.tensorboard=false", "trainer.val_size=32",
+        "export.resolution=64", "export.faces=5000", "export.texture_size=256", "export.video_frames=2", "export.video_size=32",
+    ])
+    assert code == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("dreamperp train: fidelity (mesh vs scene, 8 views"), err[-3:]
+    (run,) = [p for p in (out / "toy").iterdir() if p.is_dir()]
+    record = json.loads((run / "export" / "fidelity.json").read_text())
+    # After 40 steps the field is still a hazy blob: rays grazing it get half opaque far outside the
+    # depth where head-on rays do, so no opaque surface matches it well (its PSNR ceiling is 13-17 dB).
+    # Measured: IoU 0.70-0.77 per view, PSNR 2.5-4.4 dB under the ceiling. The targets (IoU >= 0.9,
+    # PSNR >= 25 dB) are for trained runs: docs/benchmarks.md, "Mesh export" (the quick start: IoU >= 0.957).
+    ious = [v["iou"] for v in record["views"]]
+    assert len(ious) == 8 and min(ious) >= 0.65, ious
+    gaps = [v["psnr_ceiling"] - v["psnr"] for v in record["views"]]
+    assert max(gaps) < 5.5, [(round(v["psnr"], 1), round(v["psnr_ceiling"], 1)) for v in record["views"]]
+    assert record["seen_area"] >= 0.95 and record["level_fit"]["level"] > 0

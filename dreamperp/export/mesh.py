@@ -256,6 +256,7 @@ def export_mesh(
     progress: bool = True,
     name: str = "mesh",
     log: Optional[Callable[[str], None]] = None,
+    fidelity_log: Optional[Callable[[str], None]] = None,
     timings: Optional[Timings] = None,
 ) -> list[Path]:
     """Extract the mesh of ``scene`` and write ``out_dir/<name>.<fmt>`` for each format, atomically,
@@ -264,7 +265,7 @@ def export_mesh(
     ``cfg`` is the run's Config: ``cfg.scene.bound`` and the ``cfg.export`` defaults for any argument
     left None. ``threshold``: a float, 'auto', or None. ``texture`` applies to glb/obj (ply always
     has vertex colours). ``log`` gets the chosen threshold, the face counts, the stage timings and,
-    last, the fidelity line. Returns the written mesh paths (a textured OBJ also writes
+    last, the fidelity line (``fidelity_log`` instead, when given). Returns the written mesh paths (a textured OBJ also writes
     ``<name>.mtl`` and ``<name>.png``). Raises UsageError for bad arguments or an empty/all-solid
     field, before writing anything.
     """
@@ -320,8 +321,8 @@ def export_mesh(
             **fid.to_dict(),
         }
         atomic_write_bytes(out_dir / FIDELITY_NAME, (json.dumps(record, indent=2, allow_nan=True) + "\n").encode())
-        if log is not None:
-            log(fidelity_line(fid))
+        if (fidelity_log or log) is not None:
+            (fidelity_log or log)(fidelity_line(fid))
     return paths
 
 
