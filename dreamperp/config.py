@@ -609,8 +609,8 @@ def parse_threshold(value: Any, flag: Optional[str] = None) -> Optional[float]:
         level = math.nan
     if not math.isfinite(level):
         if flag is not None:
-            raise UsageError(f"{flag} must be 'auto' or a finite number, got {value!r}")
-        raise ConfigError("export.threshold", f"must be 'auto' or a finite number, got {value!r}")
+            raise UsageError(f"{flag} must be 'auto' or a number, got {value!r}")
+        raise ConfigError("export.threshold", f"must be 'auto' or a number, got {value!r}")
     return level
 
 
