@@ -300,7 +300,11 @@ def export_mesh(
     fid = None
     if fidelity:
         with timings.stage("fidelity"):
-            fid = check_fidelity(scene, cfg, built.final)
+            try:
+                fid = check_fidelity(scene, cfg, built.final)
+            except Exception as err:  # the mesh files are written; a failed check must not hide them
+                if log is not None:
+                    log(f"warning: fidelity check failed ({type(err).__name__}: {err}); the mesh files are complete")
     if log is not None:
         log(f"{threshold_note(built.level, built.fit)}; {built.faces_before} faces → {len(built.final.faces)} (budget {args.faces or 'all'})")
         log(f"mesh timings: {timings.summary()}")
