@@ -187,14 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export",
         help="extract a mesh from a run",
-        description="Marching cubes over the density, decimated, UV-unwrapped with a baked albedo texture (or vertex colours); writes RUN_DIR/export/.",
+        description="The surface the renders show (level read from the scene, hidden geometry removed), decimated, UV-unwrapped with a "
+        "baked albedo texture (or vertex colours), then compared with the scene (export/fidelity.json); writes RUN_DIR/export/.",
     )
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument(
         "--format", dest="formats", action="append", choices=list(MESH_FORMATS), help="mesh format (repeatable; default from the run's export.formats)"
     )
     p.add_argument("--resolution", type=int, help="marching-cubes grid resolution (default 256)")
-    p.add_argument("--threshold", help="density iso-level: 'auto' (min(25, half the peak density); printed) or a number")
+    p.add_argument("--threshold", help="density iso-level: 'auto' (read from the scene's renders; printed) or a number")
     p.add_argument("--faces", type=int, help="decimate to at most N faces, 0 keeps all (default from export.faces: 50000)")
     p.add_argument("--texture", choices=["on", "off"], help="glb/obj: baked albedo texture (on) or vertex colours (off); default from export.texture: on")
     p.add_argument(

@@ -16,12 +16,8 @@ from torch import nn
 from dreamperp.cli import main
 from dreamperp.config import Config, RenderConfig
 from dreamperp.errors import UsageError
-from dreamperp.export.mesh import (
-    EmptyFieldError,
-    export_mesh,
-    extract_mesh,
-    keep_large_components,
-)
+from dreamperp.export.mesh import export_mesh, extract_mesh
+from dreamperp.export.surface import EmptyFieldError, keep_large_components
 from dreamperp.scene.background import Background
 from dreamperp.scene.base_field import FieldBase
 from dreamperp.scene.scene import Scene
@@ -115,16 +111,17 @@ def test_auto_threshold_and_small_pieces_removed() -> None:
     spheres = (((0.0, 0.0, 0.0), 0.45), ((0.7, 0.0, 0.0), 0.07))
     scene = analytic_scene(spheres)
     kept = extract_mesh(scene, 1.0, 48, None, 0.05)
-    assert kept.metadata["threshold"] == pytest.approx(25.0)  # min(25, max/2) with max ≈ 50
+    # read from the renders: the sigmoid edge (width 0.01) puts every level in (1, 49) within 0.04 of r
+    assert 1.0 < kept.metadata["threshold"] < 49.0
     assert kept.vertices[:, 0].max() < 0.5  # the floater (fewer than 5% of the faces) is gone
     both = extract_mesh(scene, 1.0, 48, None, 0.0)
     assert both.vertices[:, 0].max() > 0.7
     assert len(both.split(only_watertight=False)) == 2
 
 
-def test_weak_field_auto_threshold_is_half_the_peak() -> None:
+def test_weak_field_auto_threshold_is_below_the_peak() -> None:
     mesh = extract_mesh(analytic_scene(sigma=8.0), 1.0, 32, None, 0.05)
-    assert mesh.metadata["threshold"] == pytest.approx(4.0, rel=1e-3)
+    assert 0.0 < mesh.metadata["threshold"] < 8.0
     assert np.abs(np.linalg.norm(mesh.vertices, axis=1) - 0.5).max() < 2 / 31
 
 
@@ -145,7 +142,7 @@ def test_empty_field_is_a_clear_error(tmp_path: Path) -> None:
 
 def test_all_solid_field_is_a_clear_error(tmp_path: Path) -> None:
     solid = analytic_scene((((0.0, 0.0, 0.0), 5.0),))  # σ = 50 everywhere inside the bound
-    with pytest.raises(EmptyFieldError, match=r"solid.*threshold auto = 25 .*higher --threshold"):
+    with pytest.raises(EmptyFieldError, match=r"solid.*threshold auto = .*higher --threshold"):
         export_mesh(solid, small_config(), tmp_path, progress=False)
     with pytest.raises(EmptyFieldError, match=r"solid.*threshold 10 "):
         export_mesh(solid, small_config(), tmp_path, threshold="10", progress=False)
@@ -208,9 +205,11 @@ def test_cli_export_writes_meshes(run_dir: Path, capsys: pytest.CaptureFixture) 
     (mesh,) = trimesh.load(run_dir / "export" / "mesh.glb").geometry.values()
     assert mesh.visual.kind == "texture" and len(mesh.faces) > 100  # glb is textured by default
     assert trimesh.load(run_dir / "export" / "mesh.ply", process=False).visual.kind == "vertex"
-    # the blob: σ = softplus(mlp + 10·(1 − |x|/0.5)), cut at half its peak (≈ 5) → radius ≈ 0.25
+    # the blob σ = softplus(mlp + 10·(1 − |x|/0.5)) is soft: the fitted level (the renders' surface,
+    # docs/design.md §14) lies between its half-peak sphere (radius ≈ 0.25) and its outer haze;
+    # measured 0.345
     radii = np.linalg.norm(mesh.vertices, axis=1)
-    assert 0.15 < radii.mean() < 0.35
+    assert 0.28 < radii.mean() < 0.42
 
 
 def test_cli_export_errors_exit_code_2(run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -19,7 +19,9 @@ from dreamperp.cli import main
 from dreamperp.errors import UsageError
 from dreamperp.export import texture as texture_mod
 from dreamperp.export.decimate import decimate, is_closed
-from dreamperp.export.mesh import build_meshes, density_grid, export_mesh, extract_surface, inside_sphere_mask, mesh_files, surface_grid
+from dreamperp.export.formats import mesh_files
+from dreamperp.export.mesh import build_meshes, export_mesh
+from dreamperp.export.surface import density_grid, extract_surface, inside_sphere_mask, surface_grid
 from dreamperp.export.texture import bake_albedo, dilate, rasterize_uv, uv_atlas
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,7 +157,7 @@ def test_texture_off_and_config_keys(tmp_path: Path) -> None:
     (path,) = export_mesh(colour_scene(), cfg, tmp_path, ["glb"], progress=False)
     (mesh,) = trimesh.load(path).geometry.values()
     assert mesh.visual.kind == "vertex" and len(mesh.faces) <= 500
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["mesh.glb"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fidelity.json", "mesh.glb"]
 
 
 # ------------------------------------------------------------------------------------ validator
@@ -194,7 +196,8 @@ def test_glb_passes_the_khronos_gltf_validator(exported: Path) -> None:
 
 # ------------------------------------------------------------------------------------ the pieces
 def test_decimate_keeps_closed_and_budget() -> None:
-    v, f, _ = extract_surface(analytic_scene(), 1.0, 64)
+    surf = extract_surface(analytic_scene(), 1.0, 64)
+    v, f = surf.vertices, surf.faces
     assert is_closed(f)
     v2, f2 = decimate(v, f, 1000)
     assert len(f2) <= 1000 and is_closed(f2)
@@ -249,9 +252,9 @@ def test_coarse_to_fine_grid_gives_the_dense_surface() -> None:
 
     scene = analytic_scene((((0.1, 0.0, 0.0), 0.4), ((-0.5, 0.2, 0.1), 0.15)))
     inside = inside_sphere_mask(1.0, 64)
-    band, level = surface_grid(scene, 1.0, inside, None, coarse_to_fine=True)
+    level = 25.0
+    band = surface_grid(scene, 1.0, inside, level, coarse_to_fine=True)
     dense = density_grid(scene, 1.0, inside)
-    assert level == pytest.approx(25.0)
     vb, fb = mcubes.marching_cubes(np.pad(band, 1), level)
     vd, fd = mcubes.marching_cubes(np.pad(dense, 1), level)
     assert len(fb) == len(fd)
@@ -298,8 +301,8 @@ def test_cli_export_textured_prints_threshold_and_timings(run_dir: Path, capsys:
     assert main(args) == 0
     out, err = capsys.readouterr()
     assert out.split() == [str(run_dir / "export" / "mesh.obj")]
-    assert "threshold auto = " in err and "(half the peak density)" in err
-    for stage in ("marching cubes", "decimation", "atlas", "bake", "write"):
+    assert "threshold auto = " in err and "(read from the scene" in err
+    for stage in ("level", "marching cubes", "decimation", "visibility", "atlas", "bake", "write", "fidelity"):
         assert f"{stage} " in err
     mesh = trimesh.load(run_dir / "export" / "mesh.obj", process=False)
     assert mesh.visual.kind == "texture" and len(mesh.faces) <= 800
@@ -308,11 +311,11 @@ def test_cli_export_textured_prints_threshold_and_timings(run_dir: Path, capsys:
 
 
 def test_coarse_to_fine_grid_keeps_the_empty_and_solid_errors(tmp_path: Path) -> None:
-    from dreamperp.export.mesh import EmptyFieldError
+    from dreamperp.export.surface import EmptyFieldError
 
     cfg = small_config(resolution=128)  # the coarse-to-fine path; only the coarse lattice is evaluated here
     with pytest.raises(EmptyFieldError, match=r"empty.*--threshold"):
         export_mesh(analytic_scene(sigma=0.0), cfg, tmp_path, progress=False)
-    with pytest.raises(EmptyFieldError, match=r"solid.*threshold auto = 25 "):
+    with pytest.raises(EmptyFieldError, match=r"solid.*threshold auto = "):
         export_mesh(analytic_scene((((0.0, 0.0, 0.0), 5.0),)), cfg, tmp_path, progress=False)
     assert not list(tmp_path.iterdir())

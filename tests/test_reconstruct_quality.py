@@ -1,10 +1,12 @@
 """Reconstruction quality, fast variant of tools/bench_reconstruct.py (issue 4): the synthetic
 dataset of tools/make_synthetic_dataset.py → `dreamperp train configs/reconstruct.yaml` (multiview)
-→ `dreamperp render` at the held-out poses → PSNR against the held-out images."""
+→ `dreamperp render` at the held-out poses → PSNR against the held-out images; then `dreamperp export`
+→ the mesh's fidelity against the scene."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from types import ModuleType
 
@@ -60,3 +62,14 @@ def test_reconstruction_reaches_psnr_on_held_out_views(tmp_path: Path) -> None:
     # 12.0 dB after 1 step, 10 dB for a blank white image. Bars leave ~4 dB of margin.
     assert float(np.mean(psnr)) >= 26.0, psnr
     assert min(psnr) >= 24.0, psnr
+
+    # The mesh of the same run against its scene (docs/design.md §14), from the 8 fidelity views.
+    # Measured: IoU 0.933-0.954, PSNR 22.8-23.9 dB (ceiling of an opaque surface 26.2-27.0): this
+    # 200-step field is softer than the 1000-step benchmark run, whose mesh meets the targets
+    # (IoU >= 0.9 and PSNR >= 25 dB on every view; docs/benchmarks.md, "Mesh export").
+    assert main(["export", str(run), "--resolution", "64", "--faces", "5000", "--texture-size", "256"]) == 0
+    record = json.loads((run / "export" / "fidelity.json").read_text())
+    views = [(round(v["iou"], 3), round(v["psnr"], 1), round(v["psnr_ceiling"], 1)) for v in record["views"]]
+    assert len(views) == 8 and min(v["iou"] for v in record["views"]) >= 0.9, views
+    assert min(v["psnr"] for v in record["views"]) >= 21.5, views
+    assert record["seen_area"] >= 0.95

@@ -201,6 +201,7 @@ def score_folder(
     folder: Path, classifier: Any, run: Dict[str, Any], frames: int, size: int = 0, strip: bool = True
 ) -> tuple[Dict[str, Any], Optional[np.ndarray]]:
     """Score a trained run: the result dict and (with ``strip``) its contact strip ``[8, S, S, 3]`` uint8."""
+    from dreamperp.export.fidelity import read_fidelity
     from dreamperp.runs.checkpoint import load_run
     from research.toy.janus import parse_toy_prompt
     from research.toy.turntable import azimuth_cameras, render_frames, score_scene
@@ -219,6 +220,7 @@ def score_folder(
         pred_view=preds["view"], p_front=[round(p, 4) for p in scored.probs["view"][:, 0].tolist()],
         pred_family=preds["family"], pred_colour=preds["colour"],
     )
+    result.update(read_fidelity(folder))  # the exported mesh against the scene (docs/design.md §14)
     return result, None if frames_8 is None else to_uint8(frames_8)
 
 
@@ -253,6 +255,7 @@ def summarise(results: List[Dict[str, Any]], groups: Sequence[str], sega_target:
             one_face_runs=sum(is_one_face(bool(r["janus"]), int(r["front_arcs"])) for r in rs),
             view_consistency_mean=vc_m, view_consistency_std=vc_s, identity_mean=id_m, identity_std=id_s,
             family_share_mean=_mean_std([r["family_share"] for r in rs])[0],
+            mesh_iou_min=min((r["mesh_iou_min"] for r in rs if r.get("mesh_iou_min") is not None), default=None),
         )
         if sega_target is not None:
             shares = [r["colour_counts"][sega_target] / r["frames"] for r in rs]
@@ -274,13 +277,13 @@ def format_table(rows: List[Dict[str, Any]], labels: Dict[str, str], sega: bool)
                 f"{r['prompt_colour_share_mean']:>13.1%}  {r['family_share_mean']:>11.1%}\n"
             )
     else:
-        out.write(f"{'method':<30} {'runs':>4}  {'Janus rate':>12}  {'one face':>8}  {'view consistency':>16}  {'identity':>8}\n")
+        out.write(f"{'method':<30} {'runs':>4}  {'Janus rate':>12}  {'one face':>8}  {'view consistency':>16}  {'identity':>8}  {'mesh IoU':>8}\n")
         for r in rows:
             jr = f"{r['janus_runs']}/{r['runs']} {r['janus_rate']:.0%}"
             of = f"{r['one_face_runs']}/{r['runs']}"
             out.write(
                 f"{labels[r['group']]:<30} {r['runs']:>4}  {jr:>12}  {of:>8}  {r['view_consistency_mean']:>9.2f} ± {r['view_consistency_std']:.2f}  "
-                f"{r['identity_mean']:>8.1%}\n"
+                f"{r['identity_mean']:>8.1%}  {'-' if r['mesh_iou_min'] is None else format(r['mesh_iou_min'], '.3f'):>8}\n"
             )
     return out.getvalue()
 

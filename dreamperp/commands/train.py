@@ -68,15 +68,17 @@ def _fit_and_export(trainer: Trainer, run: RunDir, viewer: Optional[ViewerFactor
 
 def export_at_end(trainer: Trainer, run: RunDir, log: Callable[[str], None] = say) -> None:
     """Mesh + turntable video of the trained scene into ``run/export/``, with the run's ``export.*``
-    settings. A failure here is reported, not fatal: the training result is already saved."""
+    settings, and last the mesh's fidelity line (docs/design.md §14). A failure here is reported,
+    not fatal: the training result is already saved."""
     t, cfg = trainer, trainer.cfg
     ex, tc = cfg.export, cfg.trainer
+    fidelity: List[str] = []
     t.scene.eval()
     try:
         with no_rng_side_effects(t.device):
             try:
                 # export.faces / export.texture / export.texture_size come from cfg, as for `dreamperp export`
-                for path in export_mesh(t.scene, cfg, run.export_dir, progress=tc.progress, log=log):
+                for path in export_mesh(t.scene, cfg, run.export_dir, progress=tc.progress, log=log, fidelity_log=fidelity.append):
                     log(f"wrote {path}")
             except Exception as err:  # the trained scene is saved; export can be redone with `dreamperp export`
                 log(f"warning: mesh export failed ({type(err).__name__}: {err}); retry with: dreamperp export {run.root}")
@@ -87,6 +89,8 @@ def export_at_end(trainer: Trainer, run: RunDir, log: Callable[[str], None] = sa
                 log(f"warning: video failed ({type(err).__name__}: {err}); retry with: dreamperp video {run.root}")
     finally:
         t.scene.train()
+    for line in fidelity:
+        log(line)
 
 
 def pin_hub_model(cfg: Config) -> Optional[str]:

@@ -10,6 +10,7 @@ VIEW_NAMES = ("front", "side", "back", "overhead")  # the view prompts, validati
 DATA_BACKGROUNDS = ("white", "black", "random")  # multiview: what RGBA images are composited on
 BACKGROUND_MODES = ("mlp", "solid", "random")  # the scene's background model
 MESH_FORMATS = ("glb", "obj", "ply")
+TEXTURE_SIZES = tuple(2**k for k in range(4, 14))  # baked texture sizes: 16 … 8192
 VIDEO_MODES = ("rgb", "normal", "depth", "opacity")
 VIDEO_FORMATS = ("mp4", "gif")  # turntable containers (``export.video_format``, ``dreamperp video --format``)
 

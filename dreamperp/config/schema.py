@@ -18,6 +18,7 @@ from dreamperp.config.names import (
     DATA_BACKGROUNDS,
     OVERHEAD_THRESHOLD_DEG,
     PERPNEG_SCHEDULES,
+    TEXTURE_SIZES,
     THREESTUDIO_DECAYS,
     VIDEO_FORMATS,
     VIEW_NAMES,
@@ -252,10 +253,10 @@ class ExportConfig:
 
     formats: List[str] = opt(["glb"], "Mesh formats to write: any of glb, obj, ply.")
     resolution: int = opt(256, "Marching-cubes grid resolution per axis.", min=8)
-    threshold: str = opt("auto", "Density iso-level: 'auto' (min(25, half the peak density)) or a number.")
+    threshold: str = opt("auto", "Density iso-level: 'auto' (read from the scene's renders, docs/design.md §14) or a number.")
     faces: int = opt(50000, "Decimate the mesh to at most this many faces (0: keep every face).", min=0)
     texture: bool = opt(True, "glb/obj: UV-unwrap and bake the albedo into a texture (false: vertex colours; ply always has vertex colours).")
-    texture_size: int = opt(1024, "Baked texture width = height in pixels (a power of two).", choices=[2**k for k in range(4, 14)])
+    texture_size: int = opt(1024, "Baked texture width = height in pixels (a power of two).", choices=list(TEXTURE_SIZES))
     min_component_ratio: float = opt(0.05, "Drop disconnected pieces with fewer faces than this share of the largest.", min=0, max=1)
     video_frames: int = opt(120, "Turntable frames.", min=1)
     video_fps: int = opt(30, "Turntable frames per second.", min=1)

@@ -12,7 +12,7 @@ from typing import Any, List, Optional, Sequence
 
 from dreamperp.config.names import MESH_FORMATS, VIDEO_MODES
 from dreamperp.config.schema import Config
-from dreamperp.errors import ConfigError
+from dreamperp.errors import ConfigError, UsageError
 
 
 def check_prompt(prompt: str) -> None:
@@ -111,11 +111,17 @@ def validate(cfg: Config, *, require_prompt: bool = True) -> None:
     parse_threshold(cfg.export.threshold)
 
 
-def parse_threshold(value: str) -> Optional[float]:
-    """'auto' → None, else a float. Raises ConfigError for anything else."""
-    if str(value).strip().lower() == "auto":
+def parse_threshold(value: Any, flag: Optional[str] = None) -> Optional[float]:
+    """'auto' (or None) → None, else a finite float; anything else is a ConfigError for
+    export.threshold, or a UsageError naming ``flag`` (a command-line flag) when given."""
+    if value is None or str(value).strip().lower() == "auto":
         return None
     try:
-        return float(value)
-    except ValueError:
-        raise ConfigError("export.threshold", f"must be 'auto' or a number, got {value!r}") from None
+        level = float(value)
+    except (TypeError, ValueError):
+        level = math.nan
+    if not math.isfinite(level):
+        if flag is not None:
+            raise UsageError(f"{flag} must be 'auto' or a number, got {value!r}")
+        raise ConfigError("export.threshold", f"must be 'auto' or a number, got {value!r}")
+    return level

@@ -4,7 +4,9 @@ Atlas: ``xatlas`` on the decimated mesh, packed for the texture size with a few 
 between charts. Left to itself, xatlas grows a few huge charts on a smooth closed surface and
 parameterising them dominates its run time (20–40 s for 50k faces on a 2-core CPU); capping a
 chart at 1/128 of the surface area (:data:`CHARTS_PER_SURFACE`) gives ~200 charts in ≈ 3 s with
-the same texel utilisation (~60 %). The run time still grows faster than linearly with the face
+the same texel utilisation (~60 %). A mesh with many holes (a perforated reconstruction) still gets
+thousands of charts; letting charts grow to a higher cost (:data:`CHART_MAX_COST`) keeps the
+utilisation and takes 40 % less time. The run time still grows faster than linearly with the face
 count (≈ 35 s for 150k), so texturing refuses meshes above :data:`MAX_ATLAS_FACES` instead of
 running for minutes: decimate first (``--faces``) or export vertex colours.
 
@@ -34,18 +36,12 @@ import torch
 from torch import Tensor
 
 from dreamperp.errors import UsageError
+from dreamperp.images import to_uint8
 
 MAX_ATLAS_FACES = 200_000
 CHARTS_PER_SURFACE = 128  # a chart covers at most this fraction (1/N) of the surface area
 ATLAS_PADDING = 4  # texels between charts; the dilation fills as many
-TEXTURE_SIZES = tuple(2**k for k in range(4, 14))  # 16 … 8192
-
-
-def check_texture_size(size: int, flag: str = "--texture-size (export.texture_size)") -> int:
-    """``size`` if it is a power of two in [16, 8192], else a UsageError naming ``flag``."""
-    if size is None or int(size) != size or int(size) not in TEXTURE_SIZES:
-        raise UsageError(f"{flag} must be a power of two from {TEXTURE_SIZES[0]} to {TEXTURE_SIZES[-1]}, got {size}")
-    return int(size)
+CHART_MAX_COST = 8.0  # xatlas' default 2 stops growing charts sooner: on a perforated reconstruction (3,400 charts) 15 s → 9 s
 
 
 def uv_atlas(vertices: np.ndarray, faces: np.ndarray, size: int, padding: int = ATLAS_PADDING) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -68,6 +64,7 @@ def uv_atlas(vertices: np.ndarray, faces: np.ndarray, size: int, padding: int = 
     tri = np.asarray(vertices, dtype=np.float64)[np.asarray(faces)]
     area = 0.5 * float(np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1).sum())
     chart_options.max_chart_area = area / CHARTS_PER_SURFACE
+    chart_options.max_cost = CHART_MAX_COST
     pack_options = xatlas.PackOptions()
     pack_options.resolution = int(size)  # texels per unit estimated to fill about size × size
     pack_options.padding = int(padding)
@@ -206,5 +203,6 @@ def bake_albedo(
     image, filled = dilate(image, covered, padding)
     if bool(covered.any()):
         image[~filled] = image[covered].mean(0)
-    texture = (image * 255.0).round().clamp(0, 255).to(torch.uint8).cpu().numpy()
+    texture = to_uint8(image)
     return texture, covered.cpu().numpy(), filled.cpu().numpy()
+
