@@ -64,8 +64,7 @@ def _cmd_batch(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    # Moves to dreamperp/commands/export.py, beside the other commands, once the mesh export's rewrite lands.
-    from dreamperp.export.mesh import export_command
+    from dreamperp.commands.export import export_command
 
     return export_command(args)
 

@@ -123,24 +123,24 @@ def test_unknown_option_among_overrides_is_one_line(capsys) -> None:
     ],
 )
 def test_out_of_memory_is_one_line_exit_1(monkeypatch, capsys, error: BaseException, amount: str) -> None:
-    import dreamperp.export.mesh
+    import dreamperp.commands.export
 
     def fail(args):
         raise error
 
-    monkeypatch.setattr(dreamperp.export.mesh, "export_command", fail)
+    monkeypatch.setattr(dreamperp.commands.export, "export_command", fail)
     assert main(["export", "RUN", "--resolution", "100000"]) == 1
     err = one_line_error(capsys)
     assert err.startswith("dreamperp export: error: out of memory") and amount in err and "--resolution" in err
 
 
 def test_other_runtime_errors_are_not_hidden(monkeypatch) -> None:
-    import dreamperp.export.mesh
+    import dreamperp.commands.export
 
     def fail(args):
         raise RuntimeError("a real bug")
 
-    monkeypatch.setattr(dreamperp.export.mesh, "export_command", fail)
+    monkeypatch.setattr(dreamperp.commands.export, "export_command", fail)
     with pytest.raises(RuntimeError, match="a real bug"):
         main(["export", "RUN"])
 

@@ -22,14 +22,14 @@ from dreamperp.export.surface import extract_surface, fit_level
 
 
 class RadialField(AnalyticField):
-    """Density from a function of the radius and position, with the renderer's field interface."""
+    """Density from a function of the position, with the field contract (features are the points)."""
 
     def __init__(self, sigma_of) -> None:  # noqa: ANN001 - a callable (x [N, 3]) -> [N]
         super().__init__()
         self.sigma_of = sigma_of
 
-    def density_from_features(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return self.sigma_of(x)
+    def get_density(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.sigma_of(x), x
 
 
 def scene_of(sigma_of) -> nn.Module:  # noqa: ANN001
@@ -170,10 +170,10 @@ def test_short_toy_run_exports_a_faithful_mesh_and_says_so_last(tmp_path: Path, 
     from dreamperp.toy.assets import assets_root
 
     if not (assets_root() / "toy-prior" / "model_index.json").is_file():
-        pytest.skip("the shipped toy prior (assets/toy-prior) is missing")
+        pytest.skip("the shipped toy prior (dreamperp/toy/weights/toy-prior) is missing")
     out = tmp_path / "out"
     code = main([
-        "train", str(ROOT / "configs" / "toy.yaml"), f"output_dir={out}", "trainer.max_steps=40", "trainer.val_every=40",
+        "train", str(ROOT / "dreamperp" / "configs" / "toy.yaml"), f"output_dir={out}", "trainer.max_steps=40", "trainer.val_every=40",
         "trainer.checkpoint_every=40", "trainer.progress=false", "trainer.tensorboard=false", "trainer.val_size=32",
         "export.resolution=64", "export.faces=5000", "export.texture_size=256", "export.video_frames=2", "export.video_size=32",
     ])

@@ -168,3 +168,13 @@ def test_the_research_check_sees_every_import_form(tmp_path: Path) -> None:
     src = tmp_path / "x.py"
     src.write_text("import research.toy.world\ndef f():\n    from research.toy import janus\nfrom dreamperp.toy import assets\n")
     assert research_imports(src) == ["1: research.toy.world", "3: research.toy"]
+
+
+MAX_MODULE_LINES = 450  # issue 35: a module that grows past this holds more than one concept; split it
+
+
+def test_no_module_is_over_the_line_limit() -> None:
+    sizes = {str(p.relative_to(PACKAGE.parent)): len(p.read_text(encoding="utf-8").splitlines()) for p in PACKAGE.rglob("*.py")}
+    assert len(sizes) > 50 and max(sizes.values()) > 100  # the walk found the package
+    over = {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES}
+    assert not over, f"modules over {MAX_MODULE_LINES} lines (split them by concept): {over}"

@@ -6,8 +6,7 @@ costs nothing and leaves nothing behind), then numbered steps, in the manner of 
 - :mod:`.video`: ``dreamperp video``, a turntable of a run (:mod:`dreamperp.export.video`);
 - :mod:`.render`: ``dreamperp render``, a run at given poses (:mod:`dreamperp.export.render`);
 - :mod:`.tiny_model`: ``dreamperp tiny-model``, a tiny random pipeline (:mod:`dreamperp.models.tiny`);
-- ``dreamperp export`` goes into ``commands/export.py`` next; until the mesh export's rewrite lands it
-  is still :func:`dreamperp.export.mesh.export_command`.
+- :mod:`.export`: ``dreamperp export``, a run's mesh and its fidelity (:mod:`dreamperp.export.mesh`);
 
 The commands that are packages of their own (``batch/``, ``doctor/``, ``viewer/``), ``sample`` and
 the argument parser ``cli`` are in the same layer.

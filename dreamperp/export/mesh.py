@@ -8,10 +8,8 @@ figures (level, faces, seen area, fidelity, timings) go to ``export/fidelity.jso
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +25,6 @@ from dreamperp.export.formats import TEXTURED_FORMATS, mesh_files
 from dreamperp.export.surface import LevelFit, extract_surface, fit_level
 from dreamperp.files import atomic_write_bytes, make_output_folder
 from dreamperp.images import to_uint8
-from dreamperp.runs.checkpoint import load_run
 
 FIDELITY_NAME = "fidelity.json"
 VISIBILITY_VIEWS = 32
@@ -328,20 +325,3 @@ def export_mesh(
         if (fidelity_log or log) is not None:
             (fidelity_log or log)(fidelity_line(fid))
     return paths
-
-
-def _stderr_log(message: str) -> None:
-    print(f"dreamperp export: {message}", file=sys.stderr, flush=True)
-
-
-def export_command(args: argparse.Namespace) -> int:
-    """``dreamperp export RUN_DIR [--format F ...] [--resolution N] [--threshold auto|X] [--faces N]
-    [--texture on|off] [--texture-size S] [--checkpoint PATH]``: paths on stdout; the chosen
-    threshold, the per-stage timings and the fidelity line on stderr."""
-    given = {k: getattr(args, k, None) for k in ("formats", "resolution", "threshold", "faces", "texture", "texture_size")}
-    check_args(**given)  # fail on a bad flag before loading the run
-    run = load_run(args.run_dir, checkpoint=args.checkpoint)
-    paths = export_mesh(run.scene, run.cfg, Path(run.run_dir) / "export", **given, log=_stderr_log)
-    for path in paths:
-        print(path)
-    return 0
