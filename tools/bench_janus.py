@@ -150,11 +150,6 @@ def run_folder(out: Path, key: str) -> Path:
     return out / RUNS_DIR / key
 
 
-def log_path(out: Path, key: str) -> Path:
-    """``OUT/logs/<key>.log``: the output of every start of the run."""
-    return out / "logs" / f"{key}.log"
-
-
 def train_args(args: argparse.Namespace, run: Dict[str, Any]) -> List[str]:
     """``dreamperp train`` overrides of one run (after the config): the run's, then the benchmark's."""
     items = [] if run["prompt"] is None else [f"prompt={run['prompt']}"]
@@ -187,7 +182,8 @@ def plan_jobs(args: argparse.Namespace, runs: List[Dict[str, Any]], out: Path) -
     env = {"PYTHONPATH": os.pathsep.join([str(ROOT), *([path] if path else [])])}
     jobs = []
     for run in runs:
-        extra, key, log = train_args(args, run), run["key"], log_path(out, run["key"])
+        extra, key = train_args(args, run), run["key"]
+        log = out / "logs" / f"{key}.log"
         try:
             cfg = load_config(config, extra)
         except DreamperpError as err:
@@ -200,12 +196,6 @@ def plan_jobs(args: argparse.Namespace, runs: List[Dict[str, Any]], out: Path) -
             attempts_path=out / JOBS_DIR / f"{key}.attempts.jsonl", prompt=run["prompt"], env=env,
         ))
     return jobs
-
-
-def threads_per_run() -> Optional[int]:
-    """CPU threads of each training: the caller's OMP_NUM_THREADS, else None (the engine's cores / jobs)."""
-    n = os.environ.get("OMP_NUM_THREADS", "")
-    return int(n) if n.isdigit() and int(n) > 0 else None
 
 
 class Interrupted(DreamperpError):
@@ -222,7 +212,9 @@ class BenchBatch(Batch):
     queued runs from starting (the running ones finish and are scored, then :meth:`finish` raises)."""
 
     def __init__(self, jobs: List[Job], out: Path, parallel: int, score: Callable[[Job, float], None]):
-        engine = argparse.Namespace(parallel=parallel, cpus_per_run=threads_per_run(), gpus_per_run=0, max_retries=0)
+        n = os.environ.get("OMP_NUM_THREADS", "")  # threads per training: the caller's, else the engine's cores / jobs
+        threads = int(n) if n.isdigit() and int(n) > 0 else None
+        engine = argparse.Namespace(parallel=parallel, cpus_per_run=threads, gpus_per_run=0, max_retries=0)
         super().__init__(jobs, out, engine)  # gpus_per_run=0: runs see every GPU, as a plain `dreamperp train`
         self.score = score
         self.scorer = ThreadPoolExecutor(max_workers=1)
