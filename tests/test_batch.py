@@ -4,6 +4,7 @@ and bad input reported before anything starts."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ from typing import Dict, List
 import pytest
 import torch
 
-from dreamperp.batch import cpu_count, parse_seeds, plan_jobs, read_prompts, thread_env
+from dreamperp.batch import cpu_count, parse_seeds, plan_jobs, read_prompts, thread_env, write_csv
 from dreamperp.cli import main
 from dreamperp.errors import UsageError
 from dreamperp.runs.checkpoint import list_checkpoints, load_checkpoint
@@ -337,6 +338,52 @@ def test_prompt_lists_seeds_and_thread_division(tmp_path: Path) -> None:
 
     cfg = load_config(TINY, jobs[0].argv[1:-2])
     assert cfg.prompt == 'a "quoted" cat, sitting: on [a] mat' and cfg.seed == 0
+
+
+def test_write_csv_columns_and_line_ends(tmp_path: Path) -> None:
+    """Without fields: every scalar key in the order first seen (lists and dicts left out); with fields: those."""
+    rows = [{"a": 1, "l": [1], "b": "x"}, {"c": 2.5, "a": 3, "d": {"k": 1}}]
+    write_csv(tmp_path / "t.csv", rows, lineterminator="\n")
+    assert (tmp_path / "t.csv").read_bytes() == b"a,b,c\n1,x,\n3,,2.5\n"
+    write_csv(tmp_path / "s.csv", rows, ["c", "a"])
+    assert (tmp_path / "s.csv").read_bytes() == b"c,a\r\n,1\r\n2.5,3\r\n"
+
+
+def test_a_tool_runs_its_own_jobs_and_halts_after_a_failure(tmp_path: Path) -> None:
+    """The in-process API (tools/bench_janus.py's): make_job's jobs in the tool's own layout, run by
+    Batch.run_jobs, each end passed to record(); halt() keeps the queued job from starting. Job.env
+    reaches the job's process: a sitecustomize on its PYTHONPATH writes into the job's log."""
+    from dreamperp.batch import Batch, make_job
+    from dreamperp.config import load_config
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("print('job env reached the process', flush=True)\n")
+    foreign = tmp_path / "runs" / "a"  # refused by `dreamperp train --run-dir` at once: exit 2
+    foreign.mkdir(parents=True)
+    (foreign / "notes.txt").write_text("mine")
+    (tmp_path / "logs").mkdir()
+    jobs = []
+    for i, name in enumerate(["a", "b"]):
+        extra = [f"seed={i}", "prompt=a red bird"]
+        jobs.append(make_job(load_config(TINY, extra), index=i, name=name, config=TINY, extra=extra, run_dir=tmp_path / "runs" / name,
+                             log_path=tmp_path / "logs" / f"{name}.log", attempts_path=tmp_path / "logs" / f"{name}.attempts.jsonl",
+                             env={"PYTHONPATH": str(site)}))
+    assert jobs[0].argv == [TINY, "seed=0", "prompt=a red bird", "--run-dir", str(foreign)]
+    assert (jobs[1].prompt, jobs[1].seed, jobs[1].max_steps) == ("a red bird", 1, load_config(TINY).trainer.max_steps)
+
+    class Halting(Batch):
+        def record(self, job, rec) -> None:  # noqa: ANN001
+            self.records[job.name] = rec
+            self.halt()
+
+    batch = Halting(jobs, tmp_path, argparse.Namespace(parallel=1, cpus_per_run=1, gpus_per_run=0, max_retries=0))
+    batch.run_jobs(jobs)
+    assert list(batch.records) == ["a"] and (batch.records["a"]["status"], batch.records["a"]["exit_code"]) == ("failed", 2)
+    log = (tmp_path / "logs" / "a.log").read_text()
+    assert "job env reached the process" in log and "not empty and not a dreamperp run folder" in log
+    assert not (tmp_path / "logs" / "b.attempts.jsonl").exists() and not (tmp_path / "runs" / "b").exists()
+    assert sorted(p.name for p in foreign.iterdir()) == ["notes.txt"]
 
 
 def test_train_run_dir_refuses_another_run_or_a_foreign_folder(local_batch: Dict[str, object], tiny_model_dir: Path, tmp_path: Path,

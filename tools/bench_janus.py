@@ -1,8 +1,9 @@
 """The 3D Janus benchmark on the toy world (docs/design.md §3, §10).
 
 For every family of the toy world (one colour each), several seeds and each view-conditioning
-method, train ``configs/toy.yaml`` with ``dreamperp train`` itself (one ``python -m dreamperp train``
-process per run: the same code, settings and seeds for every method; only the method's overrides
+method, train ``configs/toy.yaml`` with ``dreamperp train`` itself, each run a job of the batch
+engine (``dreamperp.batch``, docs/design.md §8: one supervised ``python -m dreamperp train``
+process per run; the same code, settings and seeds for every method; only the method's overrides
 differ), render a turntable of 36 frames at ``data.eval_elevation`` and classify every frame with
 the toy classifier (``research.toy.turntable``). Per run, the metrics of ``research.toy.janus``:
 
@@ -31,6 +32,7 @@ Output folder (``--out``, one per setting: ``settings.json`` records the config,
 overrides, and a call with other ones is refused):
 
 - ``runs/<key>/``: the run folders (``dreamperp train --run-dir``); ``logs/<key>.log``: their output;
+  ``jobs/<key>.attempts.jsonl``: the batch engine's record of each start;
 - ``results/<key>.json``: one per finished run, its score and per-frame predictions (a run with a
   result is skipped when the benchmark is called again; an interrupted run resumes from its last
   checkpoint);
@@ -49,19 +51,16 @@ overrides, and a call with other ones is refused):
 from __future__ import annotations
 
 import argparse
-import csv
 import io
 import json
 import math
 import os
 import re
-import subprocess
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -69,7 +68,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from dreamperp.batch import cpu_count, parse_seeds, thread_env  # noqa: E402
+from dreamperp.batch import Batch, Job, make_job, parse_seeds, write_csv  # noqa: E402
+from dreamperp.batch.jobs import JOBS_DIR, RUNS_DIR  # noqa: E402
 from dreamperp.errors import DreamperpError, UsageError  # noqa: E402
 from dreamperp.files import atomic_write_bytes, atomic_write_text  # noqa: E402
 from dreamperp.images import png_bytes, to_uint8  # noqa: E402
@@ -147,14 +147,12 @@ def plan(args: argparse.Namespace) -> List[Dict[str, Any]]:
 # ------------------------------------------------------------------------------------------ running
 def run_folder(out: Path, key: str) -> Path:
     """The run folder of ``key``: ``OUT/runs/<key>`` (``dreamperp train --run-dir``)."""
-    return out / "runs" / key
+    return out / RUNS_DIR / key
 
 
-def train_args(args: argparse.Namespace, run: Dict[str, Any], out: Path) -> List[str]:
-    """``dreamperp train`` arguments of one run: the config, then the run's and the benchmark's overrides."""
-    items = [str(args.config)]
-    if run["prompt"] is not None:
-        items.append(f"prompt={run['prompt']}")
+def train_args(args: argparse.Namespace, run: Dict[str, Any]) -> List[str]:
+    """``dreamperp train`` overrides of one run (after the config): the run's, then the benchmark's."""
+    items = [] if run["prompt"] is None else [f"prompt={run['prompt']}"]
     items += [
         f"seed={run['seed']}",
         "trainer.video_at_end=false",  # the benchmark renders its own turntable; mesh and video would only cost time
@@ -165,36 +163,90 @@ def train_args(args: argparse.Namespace, run: Dict[str, Any], out: Path) -> List
         items.append(f"guidance.model={args.model}")
     if args.steps:
         items.append(f"trainer.max_steps={args.steps}")
-    items += list(args.set or [])
-    return items
+    return items + list(args.set or [])
 
 
-def _dreamperp(argv: List[str], log: Path, threads: int = 0) -> int:
-    """``python -m dreamperp ARGV`` with this checkout first on the path; output appended to ``log``.
-    ``threads > 0`` sets the child's thread limits (``dreamperp batch``'s) where the caller's environment sets none."""
-    env = dict(os.environ)
-    if threads > 0:
-        for key, value in thread_env(threads).items():
-            env.setdefault(key, value)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *([env["PYTHONPATH"]] if env.get("PYTHONPATH") else [])])
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a", encoding="utf-8") as fh:
-        fh.write(f"$ dreamperp {' '.join(argv)}\n")
-        fh.flush()
-        return subprocess.run([sys.executable, "-m", "dreamperp", *argv], stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+def last_line(path: Path) -> str:
+    lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines() if path.is_file() else []
+    return lines[-1] if lines else "?"
 
 
-def train_run(args: argparse.Namespace, run: Dict[str, Any], out: Path, threads: int = 0) -> Path:
-    """Train one run in ``OUT/runs/<key>`` with ``dreamperp train --run-dir`` (which resumes it from its
-    newest checkpoint when an earlier call was interrupted); returns the folder. UsageError naming the log on failure.
-    ``threads``: the child's CPU threads (0: torch's default)."""
-    log = out / "logs" / f"{run['key']}.log"
-    folder = run_folder(out, run["key"])
-    code = _dreamperp(["train", *train_args(args, run, out), "--run-dir", str(folder)], log, threads)
-    if code != 0 or not (folder / "config.yaml").is_file():
-        tail = log.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] if log.is_file() else []
-        raise UsageError(f"run {run['key']} failed (exit {code}): {tail[0] if tail else '?'}; full log: {log}")
-    return folder
+def plan_jobs(args: argparse.Namespace, runs: List[Dict[str, Any]], out: Path) -> List[Job]:
+    """The runs as batch jobs in the benchmark's layout, each config loaded (and so checked) first, as
+    ``dreamperp batch`` does: a bad one fails its run before any run starts, with ``dreamperp train``'s
+    own message in its log. The jobs import this checkout's ``dreamperp`` (PYTHONPATH)."""
+    from dreamperp.config import load_config
+
+    config = str(Path(args.config).resolve())
+    path = os.environ.get("PYTHONPATH")
+    env = {"PYTHONPATH": os.pathsep.join([str(ROOT), *([path] if path else [])])}
+    jobs = []
+    for run in runs:
+        extra, key = train_args(args, run), run["key"]
+        log = out / "logs" / f"{key}.log"
+        try:
+            cfg = load_config(config, extra)
+        except DreamperpError as err:
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with open(log, "a", encoding="utf-8") as fh:
+                fh.write(f"$ dreamperp train {' '.join([config, *extra])}\ndreamperp train: error: {err}\n")
+            raise UsageError(f"run {key} failed (exit {err.exit_code}): {last_line(log)}; full log: {log}") from None
+        jobs.append(make_job(
+            cfg, index=len(jobs), name=key, config=config, extra=extra, run_dir=run_folder(out, key), log_path=log,
+            attempts_path=out / JOBS_DIR / f"{key}.attempts.jsonl", prompt=run["prompt"], env=env,
+        ))
+    return jobs
+
+
+class Interrupted(DreamperpError):
+    """SIGINT/SIGTERM: the running trainings saved a checkpoint; exit 128 + the signal."""
+
+    def __init__(self, signum: int, name: str):
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {name}; the running trainings saved a checkpoint (call again with the same --out to resume)")
+
+
+class BenchBatch(Batch):
+    """The batch driver with the benchmark's bookkeeping: each finished run is scored by ``score(job,
+    train_seconds)`` in a thread of its own while the others train; a failed run or score stops
+    queued runs from starting (the running ones finish and are scored, then :meth:`finish` raises)."""
+
+    def __init__(self, jobs: List[Job], out: Path, parallel: int, score: Callable[[Job, float], None]):
+        n = os.environ.get("OMP_NUM_THREADS", "")  # threads per training: the caller's, else the engine's cores / jobs
+        threads = int(n) if n.isdigit() and int(n) > 0 else None
+        engine = argparse.Namespace(parallel=parallel, cpus_per_run=threads, gpus_per_run=0, max_retries=0)
+        super().__init__(jobs, out, engine)  # gpus_per_run=0: runs see every GPU, as a plain `dreamperp train`
+        self.score = score
+        self.scorer = ThreadPoolExecutor(max_workers=1)
+        self.scoring: List[Future] = []
+        self.failure: Optional[DreamperpError] = None
+
+    def record(self, job: Job, rec: Dict[str, Any]) -> None:
+        self.records[job.name] = rec
+        if rec["status"] == "finished":
+            self.scoring.append(self.scorer.submit(self._score, job, rec["seconds"]))
+        elif self.stop.signum is None and self.failure is None:
+            self.halt()
+            self.failure = UsageError(
+                f"run {job.name} failed (exit {rec['exit_code']}): {last_line(Path(job.log_path))}; full log: {job.log_path}"
+            )
+
+    def _score(self, job: Job, train_seconds: float) -> None:
+        try:
+            self.score(job, train_seconds)
+        except BaseException:
+            self.halt()
+            raise
+
+    def finish(self) -> None:
+        """Wait for the scores; raise a scoring error, else a failed run, else the interruption."""
+        self.scorer.shutdown(wait=True)
+        for fut in self.scoring:
+            fut.result()
+        if self.failure is not None:
+            raise self.failure
+        if self.stop.signum is not None:
+            raise Interrupted(int(self.stop.signum), self.stop.name)
 
 
 def score_folder(
@@ -286,17 +338,6 @@ def format_table(rows: List[Dict[str, Any]], labels: Dict[str, str], sega: bool)
                 f"{r['identity_mean']:>8.1%}  {'-' if r['mesh_iou_min'] is None else format(r['mesh_iou_min'], '.3f'):>8}\n"
             )
     return out.getvalue()
-
-
-def write_csv(path: Path, rows: List[Dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    keys: List[str] = []
-    for r in rows:
-        keys += [k for k in r if k not in keys and not isinstance(r[k], (list, dict))]
-    w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(path, buf.getvalue())
 
 
 def contact_sheet(blocks: List[tuple[str, List[tuple[str, np.ndarray]]]], gap: int = 2) -> np.ndarray:
@@ -399,55 +440,33 @@ def bench(args: argparse.Namespace) -> Dict[str, Any]:
             done[run["key"]] = res
         else:
             todo.append(run)
-    # Each training is a process of its own; with --jobs N they share the cores (N runs at once, each
-    # with cores / N threads), and this process scores each one as it finishes.
-    threads = max(1, cpu_count() // args.jobs) if args.jobs > 1 else 0
-    stop = threading.Event()  # set by a failed training (in its worker, so no queued run starts after it) or Ctrl-C
+    by_key = {run["key"]: run for run in runs}
 
-    def train_timed(run: Dict[str, Any]) -> Optional[tuple[Path, float]]:
-        if stop.is_set():
-            return None
-        t0 = time.perf_counter()
-        try:
-            folder = train_run(args, run, out, threads)
-        except BaseException:
-            stop.set()
-            raise
-        return folder, time.perf_counter() - t0
+    def score(job: Job, train_seconds: float) -> None:
+        run, t1 = by_key[job.name], time.perf_counter()
+        # Contact frames only for the first seed: the sheet shows one seed, and they cost as much as the turntable.
+        folder = run_folder(out, run["key"])
+        result, strip = score_folder(folder, classifier, run, args.frames, args.size, strip=run["seed"] == args.seed_list[0])
+        result.update(train_seconds=round(train_seconds, 1), score_seconds=round(time.perf_counter() - t1, 1))
+        if strip is not None:
+            atomic_write_bytes(out / "frames" / f"{run['key']}.png", png_bytes(np.concatenate(list(strip), 1)))
+        atomic_write_text(out / "results" / f"{run['key']}.json", json.dumps(result, indent=1) + "\n")
+        done[run["key"]] = result
+        print(
+            f"[{len(done)}/{len(runs)}] {run['key']}: view consistency {result['view_consistency']:.2f}, Janus {result['janus']}, "
+            f"identity {result['identity']:.0%} (train {result['train_seconds']:.0f} s, score {result['score_seconds']:.0f} s)",
+            flush=True,
+        )
 
-    pool = ThreadPoolExecutor(max_workers=args.jobs)
-    failure: Optional[BaseException] = None
-    try:
-        started = {pool.submit(train_timed, run): run for run in todo}
-        for fut in as_completed(started):
-            run = started[fut]
-            try:
-                trained = fut.result()
-            except DreamperpError as err:  # the running ones finish (they would resume anyway), then report
-                failure = failure or err
-                continue
-            if trained is None:
-                continue
-            folder, train_seconds = trained
-            t1 = time.perf_counter()
-            # Contact frames only for the first seed: the sheet shows one seed, and they cost as much as the turntable.
-            result, strip = score_folder(folder, classifier, run, args.frames, args.size, strip=run["seed"] == args.seed_list[0])
-            result.update(train_seconds=round(train_seconds, 1), score_seconds=round(time.perf_counter() - t1, 1))
-            if strip is not None:
-                atomic_write_bytes(out / "frames" / f"{run['key']}.png", png_bytes(np.concatenate(list(strip), 1)))
-            atomic_write_text(out / "results" / f"{run['key']}.json", json.dumps(result, indent=1) + "\n")
-            done[run["key"]] = result
-            print(
-                f"[{len(done)}/{len(runs)}] {run['key']}: view consistency {result['view_consistency']:.2f}, Janus {result['janus']}, "
-                f"identity {result['identity']:.0%} (train {result['train_seconds']:.0f} s, score {result['score_seconds']:.0f} s)",
-                flush=True,
-            )
-    finally:
-        # On a failure or Ctrl-C no queued run starts; running ones end (Ctrl-C reaches them too) and resume next time.
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
-    if failure is not None:
-        raise failure
+    if todo:
+        # Each training is a job of the batch engine, --jobs at once sharing the cores; this process
+        # scores each run as it finishes. SIGINT/SIGTERM: the running ones save a checkpoint and stop.
+        jobs = plan_jobs(args, todo, out)
+        for folder in (out / "logs", out / JOBS_DIR):
+            folder.mkdir(parents=True, exist_ok=True)
+        batch = BenchBatch(jobs, out, args.jobs, score)
+        batch.run_jobs(jobs)
+        batch.finish()
     results = [done[run["key"]] for run in runs]
     groups = list(dict.fromkeys(r["group"] for r in runs))
     labels = {k: v[0] for k, v in (SEGA_CONDITIONS if args.sega else METHODS).items()}
@@ -461,8 +480,8 @@ def bench(args: argparse.Namespace) -> Dict[str, Any]:
         table=rows, labels=labels, runs=results,
     )
     atomic_write_text(out / f"{stem}.json", json.dumps(summary, indent=1) + "\n")
-    write_csv(out / f"{stem}.csv", rows)
-    write_csv(out / f"{stem}-runs.csv", results)
+    write_csv(out / f"{stem}.csv", rows, lineterminator="\n")
+    write_csv(out / f"{stem}-runs.csv", results, lineterminator="\n")
     # Contact sheet: per family (SEGA: one block), one row per method / condition, the first seed that has frames.
     blocks = []
     for fam in [None] if args.sega else args.family_list:
@@ -514,7 +533,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         summary = bench(args)
     except DreamperpError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_code if isinstance(err, Interrupted) else 2
     print()
     print(summary["text"], end="")
     out = Path(args.out)

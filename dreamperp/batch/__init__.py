@@ -28,16 +28,19 @@ The package, one module per job: :mod:`~dreamperp.batch.prompts` (prompt files, 
 :mod:`~dreamperp.batch.jobs` (planning and job names), :mod:`~dreamperp.batch.process` (one
 supervised ``dreamperp train`` process per attempt), :mod:`~dreamperp.batch.local` and
 :mod:`~dreamperp.batch.ray_engine` (the engines), :mod:`~dreamperp.batch.reports` (progress,
-summary.csv, contact sheet) and :mod:`~dreamperp.batch.driver` (the driver and the command).
+CSV tables, contact sheet) and :mod:`~dreamperp.batch.driver` (the driver and the command).
+
+A tool can run its own jobs in its own folder layout: :func:`make_job` per job, then
+:meth:`Batch.run_jobs` with :meth:`Batch.record` overridden (``tools/bench_janus.py`` does).
 """
 
 from dreamperp.batch.driver import Batch, BatchStop, batch_command, batch_lock, default_out
-from dreamperp.batch.jobs import Job, job_key, plan_jobs
+from dreamperp.batch.jobs import Job, job_key, make_job, plan_jobs
 from dreamperp.batch.local import LocalEngine, cpu_count, detect_gpus, thread_env
 from dreamperp.batch.process import Attempt, JobProcessLost, job_outcome, run_job
 from dreamperp.batch.prompts import PromptItem, parse_seeds, read_prompts
 from dreamperp.batch.ray_engine import RayEngine, check_reachable, import_ray
-from dreamperp.batch.reports import Progress, write_contact_sheet, write_summary
+from dreamperp.batch.reports import Progress, write_contact_sheet, write_csv, write_summary
 
 __all__ = [
     "Attempt",
@@ -58,11 +61,13 @@ __all__ = [
     "import_ray",
     "job_key",
     "job_outcome",
+    "make_job",
     "parse_seeds",
     "plan_jobs",
     "read_prompts",
     "run_job",
     "thread_env",
     "write_contact_sheet",
+    "write_csv",
     "write_summary",
 ]

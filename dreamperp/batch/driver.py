@@ -35,7 +35,11 @@ class BatchStop(StopSignals):
 
 
 class Batch:
-    """Runs the jobs of one batch folder and writes its records."""
+    """Runs the jobs of one batch folder and writes its records.
+
+    ``args``: the engine's settings (``parallel``, ``cpus_per_run``, ``gpus_per_run``, ``max_retries``, as
+    ``dreamperp batch`` parses them). Another tool runs its own jobs through :meth:`run_jobs` and
+    overrides :meth:`record`, which the engine calls as each job ends."""
 
     def __init__(self, jobs: List[Job], out: Path, args: argparse.Namespace, ray: Any = None):
         self.jobs, self.out, self.args, self.ray = jobs, out, args, ray
@@ -43,6 +47,11 @@ class Batch:
         self.records: Dict[str, Dict[str, Any]] = {}
         self.progress = Progress(len(jobs))
         self.stop = BatchStop()
+        self.halted = False  # set by halt(): the engines start no further job
+
+    def halt(self) -> None:
+        """Start no further job; the running ones go on to their end (unlike a stop signal). Thread-safe."""
+        self.halted = True
 
     # ------------------------------------------------------------------------------- records
     def _marker(self, job: Job) -> Path:
@@ -81,6 +90,16 @@ class Batch:
         atomic_write_text(self.out / "batch.jsonl", "".join(line + "\n" for line in lines))
 
     # ------------------------------------------------------------------------------- engines
+    def run_jobs(self, todo: List[Job]) -> None:
+        """Run ``todo`` on the engine, each job's end passed to :meth:`record`; SIGINT/SIGTERM meanwhile
+        stop it (``stop.signum``: running jobs save a checkpoint)."""
+        with self.stop:
+            if todo:
+                if self.ray is not None:
+                    RayEngine(self, self.ray).run(todo)
+                else:
+                    LocalEngine(self).run(todo)
+
     def run(self) -> int:
         (self.out / RUNS_DIR).mkdir(parents=True, exist_ok=True)
         (self.out / JOBS_DIR).mkdir(exist_ok=True)
@@ -97,12 +116,7 @@ class Batch:
                 f"{len(self.jobs) - len(todo)} of {len(self.jobs)} jobs already finished in {self.out}; not starting them again"
             )
         self.write_jsonl()
-        with self.stop:
-            if todo:
-                if self.ray is not None:
-                    RayEngine(self, self.ray).run(todo)
-                else:
-                    LocalEngine(self).run(todo)
+        self.run_jobs(todo)
         self.write_jsonl()
         write_summary(self.out / "summary.csv", [self.records.get(j.name) for j in self.jobs])
         write_contact_sheet(self.out / "contact-sheet.png", self.jobs, self.records)

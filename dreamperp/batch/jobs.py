@@ -38,6 +38,7 @@ class Job:
     export_formats: List[str] = field(default_factory=list)
     video_file: Optional[str] = None
     cwd: str = ""  # the driver's folder: relative paths in the overrides mean the same on every node
+    env: Dict[str, str] = field(default_factory=dict)  # added to its processes' environment (e.g. PYTHONPATH)
 
 
 def job_key(cfg: Config) -> str:
@@ -71,25 +72,58 @@ def plan_jobs(
                     f"prompt file '{prompts_file}' line {item.line} repeats line {seen[name]} (same prompt, seed and overrides): remove one"
                 )
             seen[name] = item.line
-            run_dir = out / RUNS_DIR / name
             jobs.append(
-                Job(
+                make_job(
+                    cfg,
                     index=len(jobs),
                     name=name,
+                    config=config_abs,
+                    extra=extra,
+                    run_dir=out / RUNS_DIR / name,
+                    log_path=out / JOBS_DIR / f"{name}.log",
+                    attempts_path=out / JOBS_DIR / f"{name}.attempts.jsonl",
                     prompt=item.prompt,
-                    seed=cfg.seed,
                     line=item.line,
                     overrides=[*overrides, *item.overrides],
-                    argv=[config_abs, *extra, "--run-dir", str(run_dir)],
-                    run_dir=str(run_dir),
-                    log_path=str(out / JOBS_DIR / f"{name}.log"),
-                    attempts_path=str(out / JOBS_DIR / f"{name}.attempts.jsonl"),
-                    max_steps=cfg.trainer.max_steps,
-                    val_size=cfg.trainer.val_size,
-                    needs_gpu=cfg.device != "cpu",
-                    export_formats=list(cfg.export.formats) if cfg.trainer.video_at_end else [],
-                    video_file=f"turntable.{cfg.export.video_format}" if cfg.trainer.video_at_end else None,
-                    cwd=os.getcwd(),
                 )
             )
     return jobs
+
+
+def make_job(
+    cfg: Config,
+    *,
+    index: int,
+    name: str,
+    config: str,
+    extra: Sequence[str],
+    run_dir: Path,
+    log_path: Path,
+    attempts_path: Path,
+    prompt: Optional[str] = None,
+    line: int = 0,
+    overrides: Sequence[str] = (),
+    env: Optional[Dict[str, str]] = None,
+) -> Job:
+    """The job ``dreamperp train CONFIG EXTRA --run-dir RUN_DIR``; ``cfg`` is ``load_config(CONFIG, EXTRA)``,
+    loaded (and so checked) by the caller. Its paths are the caller's: a batch folder's
+    (:func:`plan_jobs`) or another tool's layout."""
+    return Job(
+        index=index,
+        name=name,
+        prompt=cfg.prompt if prompt is None else prompt,
+        seed=cfg.seed,
+        line=line,
+        overrides=list(overrides),
+        argv=[config, *extra, "--run-dir", str(run_dir)],
+        run_dir=str(run_dir),
+        log_path=str(log_path),
+        attempts_path=str(attempts_path),
+        max_steps=cfg.trainer.max_steps,
+        val_size=cfg.trainer.val_size,
+        needs_gpu=cfg.device != "cpu",
+        export_formats=list(cfg.export.formats) if cfg.trainer.video_at_end else [],
+        video_file=f"turntable.{cfg.export.video_format}" if cfg.trainer.video_at_end else None,
+        cwd=os.getcwd(),
+        env=dict(env or {}),
+    )

@@ -64,6 +64,8 @@ class LocalEngine:
         first_start: Dict[str, float] = {}
         signalled = 0
         while queue or running:
+            if b.halted:
+                queue.clear()
             if b.stop.signum is not None:
                 queue.clear()
                 if b.stop.count > signalled:

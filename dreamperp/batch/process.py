@@ -102,7 +102,7 @@ class Attempt:
                 f"=== attempt {self.number} of batch {batch_id} on {socket.gethostname()} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode()
             )
             log.flush()
-            full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
+            full_env = {**os.environ, **job.env, **env, "PYTHONUNBUFFERED": "1"}
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "dreamperp", "train", *job.argv],
                 stdin=subprocess.DEVNULL,

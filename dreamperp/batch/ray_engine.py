@@ -138,6 +138,8 @@ class RayEngine:
         seen_attempts: Dict[str, int] = {}
         cancelled = False
         while queue or in_flight:
+            if b.halted:
+                queue.clear()
             if b.stop.signum is not None and not cancelled:
                 queue.clear()
                 for ref in list(in_flight):

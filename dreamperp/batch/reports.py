@@ -68,17 +68,29 @@ SUMMARY_FIELDS = (
 )
 
 
+def write_csv(
+    path: Path, rows: Sequence[Dict[str, Any]], fields: Optional[Sequence[str]] = None, lineterminator: str = "\r\n"
+) -> Path:
+    """``rows`` as a CSV table, written atomically: the columns ``fields`` (other keys left out), or
+    else every key of the rows whose values are not lists or dicts, in the order first seen."""
+    if fields is None:
+        fields = list(dict.fromkeys(k for r in rows for k, v in r.items() if not isinstance(v, (list, dict))))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fields), extrasaction="ignore", lineterminator=lineterminator)
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buf.getvalue())
+
+
 def write_summary(path: Path, records: Sequence[Optional[Dict[str, Any]]]) -> None:
     """summary.csv: one row per job (missing records: pending)."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=SUMMARY_FIELDS, extrasaction="ignore")
-    writer.writeheader()
+    rows = []
     for rec in records:
         if rec is None:
             continue
         m = rec.get("final_metrics") or {}
-        writer.writerow({**rec, "step": m.get("step"), "loss": m.get("loss")})
-    atomic_write_text(path, buf.getvalue())
+        rows.append({**rec, "step": m.get("step"), "loss": m.get("loss")})
+    write_csv(path, rows, SUMMARY_FIELDS)
 
 
 def write_contact_sheet(path: Path, jobs: Sequence[Job], records: Dict[str, Dict[str, Any]], tile: int = 0) -> Path:
