@@ -191,3 +191,16 @@ def test_short_toy_run_exports_a_faithful_mesh_and_says_so_last(tmp_path: Path, 
     gaps = [v["psnr_ceiling"] - v["psnr"] for v in record["views"]]
     assert max(gaps) < 5.5, [(round(v["psnr"], 1), round(v["psnr_ceiling"], 1)) for v in record["views"]]
     assert record["seen_area"] >= 0.95 and record["level_fit"]["level"] > 0
+
+
+def test_fidelity_line_warns_only_when_an_outline_differs() -> None:
+    from dreamperp.export.fidelity import TARGET_IOU, Fidelity, fidelity_line
+
+    def fid(iou_min: float) -> Fidelity:
+        return Fidelity(views=[{}] * 8, size=96, iou_mean=0.95, iou_min=iou_min, psnr_mean=20.0, psnr_min=18.0,
+                        depth_error_mean=0.05, psnr_ceiling_min=22.9)
+
+    good, bad = fidelity_line(fid(TARGET_IOU)), fidelity_line(fid(TARGET_IOU - 0.01))
+    assert good.startswith("fidelity (mesh vs scene, 8 views 96x96): silhouette IoU 0.950 (worst 0.900), PSNR 20.0 dB")
+    assert "warning" not in good and "\n" not in bad
+    assert "warning: in some view the mesh's outline differs" in bad and "--threshold X" in bad
