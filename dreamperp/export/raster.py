@@ -1,10 +1,10 @@
 """A triangle rasterizer in PyTorch: which face each pixel centre sees, and where (docs/design.md §14).
 
-Used by the export's visibility pass (orthographic views from many directions) and its fidelity
-check (the run's pinhole cameras). No CUDA build and no extra wheel: every face's pixel bounding
-box is enumerated at once with ``repeat_interleave`` (as the UV bake of :mod:`dreamperp.export.texture`
-does), a pixel belongs to a face when its centre has barycentric coordinates >= 0, and the nearest
-candidate of each pixel wins through a ``scatter_reduce(amin)`` depth buffer. Depth is interpolated
+Used by the export's visibility pass (orthographic views from many directions), its fidelity
+check (the run's pinhole cameras) and the texture bake (texel centres in UV space,
+:func:`dreamperp.export.texture.rasterize_uv`). No CUDA build and no extra wheel: every face's pixel
+bounding box is enumerated at once with ``repeat_interleave``, a pixel belongs to a face when its
+centre has barycentric coordinates >= 0, and the nearest candidate of each pixel wins through a ``scatter_reduce(amin)`` depth buffer. Depth is interpolated
 linearly in screen space for orthographic views and as ``1/z`` for pinhole views, so the
 barycentric coordinates returned are the 3D (perspective-correct) ones.
 

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from dreamperp.errors import UsageError
+from dreamperp.export.raster import rasterize
 from dreamperp.images import to_uint8
 
 MAX_ATLAS_FACES = 200_000
@@ -86,46 +87,17 @@ def rasterize_uv(uv: Tensor, faces: Tensor, size: int, max_candidates: int = 1 <
     """Which face covers each texel centre, and where.
 
     ``uv [V, 2]`` (float), ``faces [F, 3]`` (long) on one device → ``face_id [S, S]`` (long, −1 where
-    no face) and ``bary [S, S, 3]`` (float, barycentric coordinates in that face). Faces are handled
-    in groups whose bounding boxes hold at most ``max_candidates`` texels together.
+    no face) and ``bary [S, S, 3]`` (float, barycentric coordinates in that face). The texel centres
+    are rasterized by :func:`dreamperp.export.raster.rasterize` (in float64, at one depth, so a texel
+    on a shared edge goes to either face); faces that cover no texel centre then claim one.
     """
     device = uv.device
-    p = _texel_coords(uv.double(), size)[faces]  # [F, 3, 2]
-    lo = p.amin(1).ceil().clamp(0, size - 1).long()
-    hi = p.amax(1).floor().clamp(0, size - 1).long()
-    w, h = (hi - lo + 1).clamp(min=0).unbind(-1)
-    inside_box = (p.amax(1).floor() >= 0).all(-1) & (p.amin(1).ceil() <= size - 1).all(-1)
-    count = torch.where(inside_box, w * h, torch.zeros_like(w))
-    e1, e2 = p[:, 1] - p[:, 0], p[:, 2] - p[:, 0]
-    area = e1[:, 0] * e2[:, 1] - e1[:, 1] * e2[:, 0]  # twice the signed area
-    count = torch.where(area.abs() > 1e-12, count, torch.zeros_like(count))
-
-    face_id = torch.full((size * size,), -1, dtype=torch.long, device=device)
-    bary = torch.zeros(size * size, 3, dtype=torch.float32, device=device)
-    ends = count.cumsum(0)
-    start_face, n_faces = 0, len(faces)
-    while start_face < n_faces:
-        base = int(ends[start_face - 1]) if start_face else 0
-        stop = int(torch.searchsorted(ends, torch.tensor(base + max_candidates, device=device), right=True))
-        stop = max(stop, start_face + 1)
-        ids = torch.arange(start_face, stop, device=device)
-        cnt = count[ids]
-        total = int(cnt.sum())
-        start_face = stop
-        if total == 0:
-            continue
-        f = torch.repeat_interleave(ids, cnt)  # the face of each candidate texel
-        k = torch.arange(total, device=device) - torch.repeat_interleave(cnt.cumsum(0) - cnt, cnt)
-        x = lo[f, 0] + k % w[f]
-        y = lo[f, 1] + torch.div(k, w[f], rounding_mode="floor")
-        q = torch.stack([x, y], -1).double() - p[f, 0]
-        l1 = (q[:, 0] * e2[f, 1] - q[:, 1] * e2[f, 0]) / area[f]
-        l2 = (e1[f, 0] * q[:, 1] - e1[f, 1] * q[:, 0]) / area[f]
-        lam = torch.stack([1.0 - l1 - l2, l1, l2], -1)
-        keep = (lam >= -1e-9).all(-1)
-        texel = (y * size + x)[keep]
-        face_id[texel] = f[keep]  # a texel on a shared edge: either face is right
-        bary[texel] = lam[keep].float()
+    xy = _texel_coords(uv.double(), size)  # [V, 2]
+    raster = rasterize(xy, torch.zeros(len(xy), dtype=torch.float64, device=device), faces, size, size,
+                       perspective=False, max_candidates=max_candidates)
+    face_id, bary = raster.face.reshape(-1), raster.bary.reshape(-1, 3)
+    p = xy[faces]  # [F, 3, 2]
+    n_faces = len(faces)
 
     # Faces that own no texel centre (slivers, sub-texel triangles): claim the free texels under
     # their corners and centroid, with those points' barycentric coordinates (clamped into the face).
@@ -136,8 +108,8 @@ def rasterize_uv(uv: Tensor, faces: Tensor, size: int, max_candidates: int = 1 <
         corners = torch.eye(3, dtype=torch.float64, device=device)
         points = torch.cat([corners, torch.full((1, 3), 1.0 / 3.0, dtype=torch.float64, device=device)])  # [4, 3] barycentric
         for lam in points:
-            xy = torch.einsum("k,fkd->fd", lam, p[orphans]).round().long().clamp(0, size - 1)
-            texel = xy[:, 1] * size + xy[:, 0]
+            at = torch.einsum("k,fkd->fd", lam, p[orphans]).round().long().clamp(0, size - 1)
+            texel = at[:, 1] * size + at[:, 0]
             free = face_id[texel] < 0
             face_id[texel[free]] = orphans[free]
             bary[texel[free]] = lam.float()
