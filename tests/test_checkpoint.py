@@ -155,3 +155,12 @@ def test_metrics_log_and_truncate_after_resume(tmp_path: Path) -> None:
     assert [r["step"] for r in records] == [1, 2, 3]
     assert records[1]["loss"] == pytest.approx(0.5) and records[0]["bad"] == "nan"
     json.loads(path.read_text().splitlines()[0])  # strictly valid JSON (no bare NaN)
+
+
+def test_read_metrics_while_written_skips_a_torn_line_and_a_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 10, "loss": 1.5}\n{"step": 20, "loss": 1.25}\n{"step": 30, "lo', encoding="utf-8")
+    with pytest.raises(ValueError):
+        read_metrics(path)  # a finished run's file is whole: a torn line is an error there
+    assert read_metrics(path, while_written=True) == [{"step": 10, "loss": 1.5}, {"step": 20, "loss": 1.25}]
+    assert read_metrics(tmp_path / "none.jsonl", while_written=True) == []

@@ -218,6 +218,22 @@ def truncate_metrics(path: Path, step: int) -> None:
         atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
-def read_metrics(path: Path) -> list[Dict[str, Any]]:
-    """All records of a metrics.jsonl file."""
-    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+def read_metrics(path: Path, *, while_written: bool = False) -> list[Dict[str, Any]]:
+    """All records of a metrics.jsonl file. ``while_written``: the file may be missing or being
+    appended to by a training in another process, so a missing file is no records and a line that
+    is not a whole record (a torn last line) is skipped."""
+    if not while_written:
+        return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError:
+        return []
+    records = []
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and "step" in rec:
+            records.append(rec)
+    return records

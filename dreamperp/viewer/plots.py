@@ -6,9 +6,7 @@ may be being written. Both run in the thread that owns the scene, as does :meth:
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -22,23 +20,6 @@ PLOT_GROUPS = (
     ("it/s", lambda k: k == "it_s"),
 )
 SERIES_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f")
-
-
-def read_metrics_tolerant(path: Path) -> List[Dict[str, Any]]:
-    """Records of a metrics.jsonl that may be being written (a partial last line is skipped)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError:
-        return []
-    records = []
-    for line in text.splitlines():
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and "step" in rec:
-            records.append(rec)
-    return records
 
 
 def scalar(value: Any) -> Optional[float]:

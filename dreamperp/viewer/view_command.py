@@ -18,11 +18,10 @@ import numpy as np
 
 from dreamperp.errors import UsageError
 from dreamperp.runs.checkpoint import list_checkpoints, load_run
-from dreamperp.runs.folder import RunDir
+from dreamperp.runs.folder import RunDir, read_metrics
 from dreamperp.signals import StopSignals
 from dreamperp.viewer import require_viser
 from dreamperp.viewer.page import Page
-from dreamperp.viewer.plots import read_metrics_tolerant
 from dreamperp.viewer.server import start_server, stop_server
 
 POLL_S = 2.0  # checkpoints and metrics.jsonl are looked at this often
@@ -61,7 +60,7 @@ class RunWatcher:
             stamp = None
         if stamp != self.metrics_stamp:
             self.metrics_stamp = stamp
-            records = read_metrics_tolerant(self.run.metrics_path)
+            records = read_metrics(self.run.metrics_path, while_written=True)
             self.page.load_history(records)
         max_steps = self.page.cfg.trainer.max_steps
         shown = f"scene at step {self.step}" if self.scene is not None else "no checkpoint yet"
