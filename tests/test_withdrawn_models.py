@@ -38,18 +38,6 @@ def put_in_cache(hf_home: Path, repo_id: str, pipeline: Path, commit: str = "012
     return snapshot
 
 
-@pytest.fixture
-def hf_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty Hugging Face home for this test, the hub offline (as for every test)."""
-    home = tmp_path / "hf"
-    (home / "hub").mkdir(parents=True)
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("HUGGINGFACE_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return home
-
-
 def hub_not_found(monkeypatch: pytest.MonkeyPatch) -> List[str]:
     """Put the hub online, answering "Repository Not Found" for any id it is asked about; returns
     the ids asked. A cache-only lookup (local_files_only) still reads the cache."""
