@@ -67,11 +67,7 @@ def nerfacc_info() -> Dict[str, Any]:
     info: Dict[str, Any] = {"installed": importlib.util.find_spec("nerfacc") is not None, "nvcc": shutil.which("nvcc")}
     if not info["installed"]:
         return {**info, "state": "not installed", "why": "nerfacc is not installed"}
-    try:
-        prebuilt = importlib.util.find_spec("nerfacc.csrc") is not None
-    except (ImportError, ValueError):
-        prebuilt = False
-    if prebuilt:
+    if nerfacc_cuda.prebuilt():
         return {**info, "state": "prebuilt", "why": "nerfacc's CUDA extension is installed prebuilt"}
     if not nerfacc_cuda.jit_build_possible():
         return {**info, "state": "unavailable", "why": "no prebuilt nerfacc CUDA extension, and no nvcc to build it"}

@@ -34,14 +34,18 @@ def build_lock_path() -> Path:
     return Path(_get_build_directory(EXTENSION, verbose=False)) / "lock"
 
 
+def prebuilt() -> bool:
+    """Whether nerfacc's CUDA extension is installed prebuilt (``nerfacc.csrc``)."""
+    try:
+        return importlib.util.find_spec("nerfacc.csrc") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def jit_build_possible() -> bool:
     """Whether importing nerfacc's backend would JIT-build (and so take torch's lock): no prebuilt
     ``nerfacc.csrc`` and an ``nvcc`` on the PATH (nerfacc's own test)."""
-    try:
-        prebuilt = importlib.util.find_spec("nerfacc.csrc") is not None
-    except (ImportError, ValueError):
-        prebuilt = False
-    return not prebuilt and shutil.which("nvcc") is not None
+    return not prebuilt() and shutil.which("nvcc") is not None
 
 
 def wait_for_build_lock(lock: Path, wait_s: float) -> Optional[str]:
