@@ -110,6 +110,7 @@ def loss_weights(loss: LossConfig, step: int) -> dict:
         "orient": loss.lambda_orient * reg,
         "sparsity": loss.lambda_sparsity * reg,
         "opacity_entropy": loss.lambda_opacity_entropy * reg,
+        "distortion": loss.lambda_distortion * reg,
     }
 
 

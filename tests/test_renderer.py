@@ -251,3 +251,61 @@ def test_occgrid_and_dense_paths_agree_on_cuda():
     out = render(scene, o, d, shading="albedo")
     out["rgb"].mean().backward()
     assert any(p.grad is not None for p in scene.field.parameters())
+
+
+# ------------------------------------------------------------------------------------ distortion
+def test_distortion_hand_numbers():
+    from dreamperp.scene.objectives import distortion
+
+    t0 = torch.tensor([[0.0, 1.0, 2.0]], dtype=torch.float64)
+    # One interval holds all the weight: only the ⅓·w²·δ term, 1/3.
+    assert distortion(torch.tensor([[1.0, 0.0, 0.0]], dtype=torch.float64), t0, t0 + 1).item() == pytest.approx(1 / 3)
+    # Halves in neighbouring intervals: 2·½·½·1 + ⅓·(¼ + ¼) = 2/3.
+    assert distortion(torch.tensor([[0.5, 0.5, 0.0]], dtype=torch.float64), t0, t0 + 1).item() == pytest.approx(2 / 3)
+    # ¼ and ¾ two intervals apart: 2·¼·¾·2 + ⅓·(1/16 + 9/16) = 0.75 + 0.208333.
+    value = distortion(torch.tensor([[0.25, 0.0, 0.75]], dtype=torch.float64), t0, t0 + 1).item()
+    assert value == pytest.approx(0.75 + 10 / 48)
+
+
+def test_distortion_matches_the_double_sum():
+    from dreamperp.scene.objectives import distortion
+
+    g = torch.Generator().manual_seed(0)
+    edges = torch.rand(5, 17, generator=g, dtype=torch.float64).cumsum(-1)
+    t0, t1 = edges[:, :-1], edges[:, 1:]
+    w = torch.rand(5, 16, generator=g, dtype=torch.float64) / 16
+    m = (t0 + t1) / 2
+    brute = (w[:, :, None] * w[:, None, :] * (m[:, :, None] - m[:, None, :]).abs()).sum((1, 2))
+    brute = brute + (w**2 * (t1 - t0)).sum(-1) / 3
+    assert torch.allclose(distortion(w, t0, t1), brute, rtol=1e-12, atol=0)
+
+
+def test_render_distortion_of_a_soft_and_a_sharp_sphere():
+    # Constant density σ = 1 over the central chord L = 1.2 of a sphere of radius 0.6: with many
+    # samples the loss is the continuous ∫∫ w(s)·w(t)·|s − t| with w(s) = σ·exp(−σ·s) on [0, L],
+    # 2·(∫ s·e^−s − ∫ e^−s + ∫ e^−2s) = 2·(1 − e^−L·(1 + L) − (1 − e^−L) + (1 − e^−2L)/2).
+    length = 1.2
+    expected = 2 * (1 - math.exp(-length) * (1 + length) - (1 - math.exp(-length)) + (1 - math.exp(-2 * length)) / 2)
+    o, d = side_rays([0.0, 0.9])
+    with torch.no_grad():
+        soft = render(sphere_scene(radius=0.6, sigma=1.0), o, d, train=False, need_normals=False)
+        sharp = render(sphere_scene(radius=0.6, sigma=2000.0, num_samples=64), o, d, train=False, need_normals=False)
+    assert float(soft["distortion_map"][0, 0]) == pytest.approx(expected, abs=1e-3)
+    assert float(soft["distortion_map"][1, 0]) == 0.0  # a ray that misses the object
+    # An opaque surface puts the weight in one interval of the 64 over the chord of 2: ⅓·δ.
+    assert float(sharp["distortion_map"][0, 0]) == pytest.approx(2 / 64 / 3, rel=1e-3)
+    assert float(soft["distortion"]) == pytest.approx(expected / 2, abs=1e-3)  # mean over the two rays
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (nerfacc's packed scans)")
+def test_distortion_packed_matches_batched_on_cuda():
+    from nerfacc import pack_info
+
+    from dreamperp.scene.objectives import distortion
+
+    g = torch.Generator().manual_seed(0)
+    edges = torch.rand(4, 9, generator=g).cumsum(-1).cuda()
+    w = (torch.rand(4, 8, generator=g) / 8).cuda()
+    ray = torch.arange(4, device="cuda").repeat_interleave(8)
+    packed = distortion(w.reshape(-1), edges[:, :-1].reshape(-1), edges[:, 1:].reshape(-1), pack_info(ray, 4))
+    assert torch.allclose(packed, distortion(w, edges[:, :-1], edges[:, 1:]), rtol=1e-5, atol=1e-6)

@@ -213,9 +213,10 @@ class LossConfig:
     lambda_orient: float = opt(0.01, "Orientation loss: penalises normals facing away from the camera.", min=0)
     lambda_sparsity: float = opt(0.0, "Opacity sparsity loss: mean opacity.", min=0)
     lambda_opacity_entropy: float = opt(0.001, "Binary entropy of opacity, pushes it to 0 or 1.", min=0)
+    lambda_distortion: float = opt(0.0, "Distortion loss (mip-NeRF 360): pulls each ray's weights into one short interval, so the density forms a sharp surface instead of a soft ramp.", min=0)
     lambda_rgb: float = opt(1.0, "Multiview: photometric MSE weight.", min=0)
     lambda_alpha: float = opt(0.1, "Multiview: opacity-vs-alpha MSE weight.", min=0)
-    ramp_steps: int = opt(0, "Regulariser weights (orient, sparsity, opacity entropy) grow linearly from 0 to their value over the first n steps (0: full weight from the start).", min=0)
+    ramp_steps: int = opt(0, "Regulariser weights (orient, sparsity, opacity entropy, distortion) grow linearly from 0 to their value over the first n steps (0: full weight from the start).", min=0)
 
 
 # ------------------------------------------------------------------------------------------ trainer

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from dreamperp.scene.objectives import regularisers
+from dreamperp.scene.objectives import distortion, regularisers
 from dreamperp.scene.scene import Scene
 
 SHADING_MODES = ("albedo", "lambertian", "textureless")
@@ -87,7 +87,8 @@ def render_rays(
 
     Returns renders only: ``rgb [..., 3]``, ``opacity [..., 1]``, ``depth [..., 1]``,
     ``normal [..., 3]`` and ``orient_map [..., 1]`` (per ray Σ stopgrad(w_i)·max(0, n_i·d)², how
-    much the visible normals face away from the camera); the objectives built on them live in
+    much the visible normals face away from the camera) and ``distortion_map [..., 1]`` (the ray's
+    distortion loss, :func:`dreamperp.scene.objectives.distortion`); the objectives built on them live in
     :mod:`dreamperp.scene.objectives`.
     """
     if shading not in SHADING_MODES:
@@ -131,12 +132,13 @@ def render_rays(
         "depth": out["depth"].view(*lead, 1),
         "normal": out["normal"].view(*lead, 3),
         "orient_map": out["orient"].view(*lead, 1),
+        "distortion_map": out["distortion"].view(*lead, 1),
     }
 
 
 def render(scene: Scene, rays_o: Tensor, rays_d: Tensor, **kwargs) -> Dict[str, Tensor]:
     """:func:`render_rays` plus the scalar regularisers of :func:`dreamperp.scene.objectives.regularisers`
-    under their short names (``orient``, ``sparsity``, ``opacity_entropy``): one call for callers
+    under their short names (``orient``, ``sparsity``, ``opacity_entropy``, ``distortion``): one call for callers
     that want a render and its regulariser values together (tests, tools). Training weights the
     ``loss_*`` dict of the objectives by name instead."""
     out = render_rays(scene, rays_o, rays_d, **kwargs)
@@ -161,6 +163,8 @@ def _dense_samples(scene: Scene, o: Tensor, d: Tensor, near: Tensor, far: Tensor
     sigma, h = scene.field.get_density(x)
     sigma = sigma.view(r, s)
     weights, _, _ = render_weight_from_density(t0, t1, sigma)
+    dist = torch.zeros(hit.shape[0], dtype=weights.dtype, device=o.device)
+    dist = dist.index_copy(0, rays, distortion(weights, t0, t1))
     # Keep a sample unless it is among the lowest-weight ones of its ray summing to <= skip_weight.
     low_first, order = weights.detach().sort(-1)
     keep = torch.zeros_like(weights, dtype=torch.bool).scatter_(
@@ -173,12 +177,13 @@ def _dense_samples(scene: Scene, o: Tensor, d: Tensor, near: Tensor, far: Tensor
         "weights": weights.reshape(-1),
         "ray": rays.repeat_interleave(s),
         "keep": keep.reshape(-1),
+        "distortion": dist,
     }
 
 
 def _occgrid_samples(scene: Scene, o: Tensor, d: Tensor, near: Tensor, far: Tensor, train: bool) -> dict:
     """nerfacc OccGridEstimator marching inside the sphere; weights from packed compositing (CUDA)."""
-    from nerfacc import render_weight_from_density
+    from nerfacc import pack_info, render_weight_from_density
 
     cfg = scene.render_cfg
     field = scene.field
@@ -204,7 +209,8 @@ def _occgrid_samples(scene: Scene, o: Tensor, d: Tensor, near: Tensor, far: Tens
     x = o[ray_idx] + d[ray_idx] * t[:, None]
     sigma, h = field.get_density(x)
     weights, _, _ = render_weight_from_density(t0, t1, sigma, ray_indices=ray_idx, n_rays=o.shape[0])
-    return {"x": x, "h": h, "t": t, "weights": weights, "ray": ray_idx, "keep": None}
+    dist = distortion(weights, t0, t1, pack_info(ray_idx, o.shape[0]))
+    return {"x": x, "h": h, "t": t, "weights": weights, "ray": ray_idx, "keep": None, "distortion": dist}
 
 
 def _shade_and_composite(
@@ -218,7 +224,8 @@ def _shade_and_composite(
     need_normals: bool,
     ambient: float,
 ) -> Dict[str, Tensor]:
-    """Per-ray sums over flat samples (x, h, t, weights, ray) → rgb (no background), opacity, depth, normal, orient [R]."""
+    """Per-ray sums over flat samples (x, h, t, weights, ray) → rgb (no background), opacity, depth, normal,
+    orient [R]; the sampler's per-ray ``distortion [R]`` passes through."""
     field = scene.field
     w, ray = s["weights"], s["ray"]
     dev, dtype = d.device, w.dtype
@@ -251,6 +258,7 @@ def _shade_and_composite(
         "depth": depth[:, None],
         "normal": F.normalize(normal_sum, dim=-1, eps=1e-12),
         "orient": orient,
+        "distortion": s["distortion"],
     }
 
 

@@ -223,7 +223,8 @@ class Trainer:
         terms = photometric(out, batch.rgb, batch.alpha)  # targets are already composited on bg_color
         loss = weighted_sum(terms, plan.weights) + weighted_sum(regs, plan.weights, skip_zero=True)
         psnr = -10.0 * torch.log10(terms["loss_rgb"].detach().clamp_min(1e-10))
-        return loss, {**terms, "psnr": psnr}
+        logged = {name: value for name, value in regs.items() if plan.weights.get(name[len("loss_") :])}
+        return loss, {**terms, **logged, "psnr": psnr}
 
     def train_step(self) -> Dict[str, Any]:
         """Run step ``self.step``: loss, backward, and an optimizer update unless the loss or a
