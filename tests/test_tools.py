@@ -305,3 +305,28 @@ def test_bench_reconstruct_surface_accuracy_of_the_plinth(tmp_path: Path) -> Non
     assert abs(acc["seen_share"] - (1 - area_bottom / area_all)) < 0.01
     # Completeness: the plinth is only part of the object.
     assert acc["completeness"] < 0.7
+
+
+def test_bench_viewer_prints_its_table(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """tools/bench_viewer.py end to end on the tiny model with a real headless browser: every case
+    trains and the table has a row per case with a step time."""
+    import os
+    import re
+    import shutil
+
+    import pytest
+
+    if shutil.which("chromium") is None and shutil.which("chromium-browser") is None:
+        pytest.skip("needs Debian's chromium (the CI installs it)")
+    pytest.importorskip("viser")
+    bench = _load_tool("bench_viewer")
+    result = subprocess.run(
+        [sys.executable, "tools/bench_viewer.py", "configs/tiny.yaml", f"guidance.model={tiny_model_dir}",
+         "--steps", "3", "--warmup", "1", "--repeats", "1", "--out", str(tmp_path / "bench")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for case in bench.CASES:
+        row = re.search(rf"^\| {case} \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \| [0-9.]+% \| (\d+) \|$", result.stdout, re.M)
+        assert row, (case, result.stdout)
+        assert float(row.group(1)) > 0 and float(row.group(2)) > 0

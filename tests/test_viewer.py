@@ -453,3 +453,21 @@ def test_render_view_modes_leave_the_scene_and_rng_alone() -> None:
         if mode == "opacity":
             assert image[8, 16].min() > 200 and image[0, 0].max() < 30
     assert torch.equal(torch.get_rng_state(), rng) and scene.training
+
+
+def test_ctrl_c_stops_view(watched_run: Dict[str, object], tmp_path: Path) -> None:
+    """Ctrl-C (SIGINT) ends `dreamperp view` as SIGTERM does: exit 130, one line, the port closed."""
+    run: Path = watched_run["off_run"]  # type: ignore[assignment]
+    log = tmp_path / "view.log"
+    proc = _start(["view", str(run), "--port", "0"], log)
+    try:
+        url = _wait_for_line(proc, log, r"viewer at (http://\S+)").group(1)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+        text = log.read_text()
+        assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", int(url.rsplit(":", 1)[1]))) != 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()

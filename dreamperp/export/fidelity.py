@@ -12,8 +12,8 @@ same background. Per view:
 * PSNR of the RGB images, ``10·log10(1 / MSE)`` over all pixels and channels (floats in [0, 1]);
 * depth error: mean |scene depth − mesh depth| (distance along the ray, scene units) over the
   pixels where both are opaque;
-* the PSNR ceiling: what the best opaque surface would score (:func:`opaque_ceiling`) — a scene
-  with semi-transparent edges keeps any mesh below it.
+* the PSNR ceiling: what an opaque surface with the scene's own colour would score
+  (:func:`opaque_ceiling`) — a scene with semi-transparent edges keeps such a mesh below it.
 
 :func:`fidelity_line` is the one line ``dreamperp export`` and ``dreamperp train`` print, and the
 whole record goes to ``export/fidelity.json``.
@@ -140,9 +140,10 @@ def render_mesh(mesh: Any, cams: Any, background: Tensor) -> Dict[str, Tensor]:
 
 
 def opaque_ceiling(scene_views: Dict[str, Tensor], k: int) -> float:
-    """PSNR of the best any opaque surface can do on view ``k``: the scene's own colour un-blended
-    from the background where its opacity > ½, background elsewhere. Where the scene's edges are
-    semi-transparent (soft fields), this is below the target, whatever the mesh."""
+    """PSNR on view ``k`` of an opaque surface with the scene's own colour: that colour un-blended
+    from the background where the opacity > ½, background elsewhere. Where the scene's edges are
+    semi-transparent (soft fields) this is below the target: only a texture with the background
+    blended into it could score higher."""
     op = scene_views["opacity"][k][..., None].double()
     rgb, bg = scene_views["rgb"][k].double(), scene_views["background"][k].double()
     fg = ((rgb - (1 - op) * bg) / op.clamp_min(1e-3)).clamp(0, 1)
@@ -195,7 +196,7 @@ def fidelity_line(fid: Fidelity) -> str:
     )
     return (
         f"fidelity (mesh vs scene, {len(fid.views)} views {fid.size}x{fid.size}): silhouette IoU {fid.iou_mean:.3f} (worst {fid.iou_min:.3f}), "
-        f"PSNR {fid.psnr_mean:.1f} dB (worst {fid.psnr_min:.1f}; an opaque surface can reach {fid.psnr_ceiling_min:.1f} there), "
+        f"PSNR {fid.psnr_mean:.1f} dB (worst {fid.psnr_min:.1f}; an opaque surface in the scene's colours: {fid.psnr_ceiling_min:.1f}), "
         f"depth error {fid.depth_error_mean:.4f}{warning}"
     )
 
