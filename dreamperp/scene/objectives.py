@@ -42,7 +42,7 @@ def distortion(weights: Tensor, t0: Tensor, t1: Tensor, packed_info: Optional[Te
     per_sample = 2.0 * weights * (m * w_before - wm_before) + weights.square() * delta / 3.0
     if packed_info is None:
         return per_sample.sum(-1)
-    starts, counts = packed_info.unbind(-1)
+    counts = packed_info[:, 1]
     ray = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)
     return torch.zeros(counts.shape[0], dtype=per_sample.dtype, device=per_sample.device).index_add(0, ray, per_sample)
 
