@@ -111,7 +111,7 @@ def test_occgrid_path_matches_dense_path_given_the_same_samples(monkeypatch):
     # Same samples, different batch shapes through the MLP: fp32 rounding differs by ~1e-6 relative,
     # and finite-difference normals (and the orientation term built on them) amplify it by
     # 1/(2·fd_eps·|∇σ|); see test_render_chunked_matches_unchunked_eval_render.
-    for key in ("rgb", "opacity", "depth", "normal", "orient", "sparsity", "opacity_entropy"):
+    for key in ("rgb", "opacity", "depth", "normal", "orient", "sparsity", "opacity_entropy", "distortion", "distortion_map"):
         tol = 1e-3 if key in ("normal", "orient") else 1e-5
         assert a[key].shape == b[key].shape
         assert torch.allclose(a[key], b[key], rtol=1e-5, atol=tol), key

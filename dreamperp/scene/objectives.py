@@ -25,26 +25,35 @@ import torch
 from torch import Tensor
 
 
-def distortion(weights: Tensor, t0: Tensor, t1: Tensor, packed_info: Optional[Tensor] = None) -> Tensor:
+def distortion(weights: Tensor, t0: Tensor, t1: Tensor, ray_indices: Optional[Tensor] = None, n_rays: Optional[int] = None) -> Tensor:
     """Distortion loss of each ray (Barron et al., mip-NeRF 360, eq. 15) for weights on the intervals
     ``[t0, t1]`` sorted along the ray, with m = (t0 + t1)/2 and δ = t1 − t0:
 
         L = Σ_i Σ_j w_i·w_j·|m_i − m_j| + ⅓·Σ_i w_i²·δ_i
           = Σ_i 2·w_i·(m_i·Σ_{j<i} w_j − Σ_{j<i} w_j·m_j) + ⅓·Σ_i w_i²·δ_i   (linear in the samples).
 
-    Batched ``[R, S]`` inputs give ``[R]``; flat ``[N]`` inputs with nerfacc's ``packed_info [R, 2]``
-    (start, count per ray) give ``[R]`` too. Distances in scene units."""
-    from nerfacc import exclusive_sum
-
+    Batched ``[R, S]`` inputs give ``[R]``; flat ``[N]`` inputs, grouped by ray as nerfacc packs
+    them, with their ``ray_indices [N]`` and ``n_rays``, give ``[n_rays]`` (0 for rays without
+    samples). Distances in scene units."""
     m, delta = (t0 + t1) * 0.5, t1 - t0
-    w_before = exclusive_sum(weights, packed_info)
-    wm_before = exclusive_sum(weights * m, packed_info)
-    per_sample = 2.0 * weights * (m * w_before - wm_before) + weights.square() * delta / 3.0
-    if packed_info is None:
+    if ray_indices is None:
+        def before(x: Tensor) -> Tensor:  # Σ_{j<i} along the last dimension
+            return torch.nn.functional.pad(x, (1, 0))[..., :-1].cumsum(-1)
+    else:
+        if n_rays is None:
+            raise ValueError("distortion: packed samples need n_rays")
+        n = int(n_rays)
+        counts = torch.bincount(ray_indices, minlength=n)
+        first = (torch.cumsum(counts, 0) - counts)[ray_indices]  # index of each sample's ray's first sample
+
+        def before(x: Tensor) -> Tensor:  # Σ_{j<i} within the ray: a running sum in float64, less its value at the ray's start
+            total = torch.nn.functional.pad(x.double(), (1, 0))[:-1].cumsum(0)
+            return (total - total[first]).to(x.dtype)
+
+    per_sample = 2.0 * weights * (m * before(weights) - before(weights * m)) + weights.square() * delta / 3.0
+    if ray_indices is None:
         return per_sample.sum(-1)
-    counts = packed_info[:, 1]
-    ray = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)
-    return torch.zeros(counts.shape[0], dtype=per_sample.dtype, device=per_sample.device).index_add(0, ray, per_sample)
+    return torch.zeros(n, dtype=per_sample.dtype, device=per_sample.device).index_add(0, ray_indices, per_sample)
 
 
 def regularisers(out: Mapping[str, Tensor]) -> Dict[str, Tensor]:

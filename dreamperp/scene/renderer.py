@@ -183,7 +183,7 @@ def _dense_samples(scene: Scene, o: Tensor, d: Tensor, near: Tensor, far: Tensor
 
 def _occgrid_samples(scene: Scene, o: Tensor, d: Tensor, near: Tensor, far: Tensor, train: bool) -> dict:
     """nerfacc OccGridEstimator marching inside the sphere; weights from packed compositing (CUDA)."""
-    from nerfacc import pack_info, render_weight_from_density
+    from nerfacc import render_weight_from_density
 
     cfg = scene.render_cfg
     field = scene.field
@@ -209,7 +209,7 @@ def _occgrid_samples(scene: Scene, o: Tensor, d: Tensor, near: Tensor, far: Tens
     x = o[ray_idx] + d[ray_idx] * t[:, None]
     sigma, h = field.get_density(x)
     weights, _, _ = render_weight_from_density(t0, t1, sigma, ray_indices=ray_idx, n_rays=o.shape[0])
-    dist = distortion(weights, t0, t1, pack_info(ray_idx, o.shape[0]))
+    dist = distortion(weights, t0, t1, ray_idx, o.shape[0])
     return {"x": x, "h": h, "t": t, "weights": weights, "ray": ray_idx, "keep": None, "distortion": dist}
 
 
