@@ -105,8 +105,8 @@ def test_occgrid_path_matches_dense_path_given_the_same_samples(monkeypatch):
     o, d = camera_rays(cams)
     light = cams.c2w[:, :3, 3] * 1.2
     occ.eval()
-    a = render_chunked(occ, o, d, shading="lambertian", light_pos=light, chunk=40)
-    b = render_chunked(dense, o, d, shading="lambertian", light_pos=light, chunk=40)
+    a = render_chunked(occ, o, d, shading="lambertian", light_pos=light, chunk=40, need_distortion=True)
+    b = render_chunked(dense, o, d, shading="lambertian", light_pos=light, chunk=40, need_distortion=True)
     assert calls and not any(c["stratified"] for c in calls)  # evaluation marches without jitter
     # Same samples, different batch shapes through the MLP: fp32 rounding differs by ~1e-6 relative,
     # and finite-difference normals (and the orientation term built on them) amplify it by

@@ -288,8 +288,10 @@ def test_render_distortion_of_a_soft_and_a_sharp_sphere():
     expected = 2 * (1 - math.exp(-length) * (1 + length) - (1 - math.exp(-length)) + (1 - math.exp(-2 * length)) / 2)
     o, d = side_rays([0.0, 0.9])
     with torch.no_grad():
-        soft = render(sphere_scene(radius=0.6, sigma=1.0), o, d, train=False, need_normals=False)
-        sharp = render(sphere_scene(radius=0.6, sigma=2000.0, num_samples=64), o, d, train=False, need_normals=False)
+        soft = render(sphere_scene(radius=0.6, sigma=1.0), o, d, train=False, need_normals=False, need_distortion=True)
+        sharp = render(sphere_scene(radius=0.6, sigma=2000.0, num_samples=64), o, d, train=False, need_normals=False, need_distortion=True)
+        plain = render(sphere_scene(radius=0.6, sigma=1.0), o, d, train=False, need_normals=False)
+    assert "distortion_map" not in plain and "distortion" not in plain  # computed only when asked
     assert float(soft["distortion_map"][0, 0]) == pytest.approx(expected, abs=1e-3)
     assert float(soft["distortion_map"][1, 0]) == 0.0  # a ray that misses the object
     # An opaque surface puts the weight in one interval of the 64 over the chord of 2: ⅓·δ.

@@ -57,16 +57,17 @@ def distortion(weights: Tensor, t0: Tensor, t1: Tensor, ray_indices: Optional[Te
 
 
 def regularisers(out: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """``loss_orient``, ``loss_sparsity``, ``loss_opacity_entropy``, ``loss_distortion`` (scalars) of a
-    render's ``opacity``, ``orient_map`` and ``distortion_map`` (each ``[..., 1]``); zero-sized
-    renders give 0, not NaN."""
+    """``loss_orient``, ``loss_sparsity``, ``loss_opacity_entropy`` and, for a render made with
+    ``need_distortion``, ``loss_distortion`` (scalars) of a render's ``opacity``, ``orient_map`` and
+    ``distortion_map`` (each ``[..., 1]``); zero-sized renders give 0, not NaN."""
     opacity = out["opacity"].reshape(-1, 1)
     n_rays = opacity.shape[0]
     losses = {
         "loss_orient": out["orient_map"].reshape(-1).sum() / max(n_rays, 1),
-        "loss_distortion": out["distortion_map"].reshape(-1).sum() / max(n_rays, 1),
         "loss_sparsity": opacity.mean() if n_rays else opacity.sum(),
     }
+    if "distortion_map" in out:
+        losses["loss_distortion"] = out["distortion_map"].reshape(-1).sum() / max(n_rays, 1)
     o_c = opacity.clamp(1e-5, 1 - 1e-5)
     entropy = -(o_c * torch.log(o_c) + (1 - o_c) * torch.log(1 - o_c))
     losses["loss_opacity_entropy"] = entropy.mean() if n_rays else entropy.sum()

@@ -76,6 +76,7 @@ def render_rays(
     bg_color: Optional[Tensor] = None,
     train: bool = True,
     need_normals: bool = True,
+    need_distortion: bool = False,
 ) -> Dict[str, Tensor]:
     """Render rays ``rays_o, rays_d [..., 3]`` (unit directions).
 
@@ -83,12 +84,13 @@ def render_rays(
     default: at the ray origin (a head light). ``bg_color``: same shapes; default: the scene's
     background. ``train``: jittered samples and random backgrounds. ``need_normals=False`` skips
     the normal evaluation (``normal`` and ``orient_map`` are then zero); shading other than
-    ``albedo`` needs normals.
+    ``albedo`` needs normals. ``need_distortion`` adds ``distortion_map`` (only training with
+    ``loss.lambda_distortion > 0`` uses it).
 
     Returns renders only: ``rgb [..., 3]``, ``opacity [..., 1]``, ``depth [..., 1]``,
     ``normal [..., 3]`` and ``orient_map [..., 1]`` (per ray Σ stopgrad(w_i)·max(0, n_i·d)², how
-    much the visible normals face away from the camera) and ``distortion_map [..., 1]`` (the ray's
-    distortion loss, :func:`dreamperp.scene.objectives.distortion`); the objectives built on them live in
+    much the visible normals face away from the camera) and, when asked, ``distortion_map [..., 1]``
+    (the ray's distortion loss, :func:`dreamperp.scene.objectives.distortion`); the objectives built on them live in
     :mod:`dreamperp.scene.objectives`.
     """
     if shading not in SHADING_MODES:
@@ -111,9 +113,9 @@ def render_rays(
     near, far, hit = ray_sphere(o, d, scene.bound)
 
     if scene.estimator is not None:
-        samples = _occgrid_samples(scene, o, d, near, far, train)
+        samples = _occgrid_samples(scene, o, d, near, far, train, need_distortion)
     else:
-        samples = _dense_samples(scene, o, d, near, far, hit, train)
+        samples = _dense_samples(scene, o, d, near, far, hit, train, need_distortion)
     out = _shade_and_composite(
         scene,
         samples,
@@ -126,14 +128,16 @@ def render_rays(
     )
     opacity = out["opacity"]
     rgb = out["rgb"] + (1.0 - opacity) * bg.reshape(-1, 3).to(opacity.dtype)
-    return {
+    renders = {
         "rgb": rgb.view(*lead, 3),
         "opacity": opacity.view(*lead, 1),
         "depth": out["depth"].view(*lead, 1),
         "normal": out["normal"].view(*lead, 3),
         "orient_map": out["orient"].view(*lead, 1),
-        "distortion_map": out["distortion"].view(*lead, 1),
     }
+    if samples["distortion"] is not None:
+        renders["distortion_map"] = samples["distortion"].view(*lead, 1)
+    return renders
 
 
 def render(scene: Scene, rays_o: Tensor, rays_d: Tensor, **kwargs) -> Dict[str, Tensor]:
@@ -146,8 +150,9 @@ def render(scene: Scene, rays_o: Tensor, rays_d: Tensor, **kwargs) -> Dict[str, 
     return out
 
 
-def _dense_samples(scene: Scene, o: Tensor, d: Tensor, near: Tensor, far: Tensor, hit: Tensor, train: bool) -> dict:
-    """Stratified samples on the rays that hit the sphere; weights from nerfacc's batched compositing."""
+def _dense_samples(scene: Scene, o: Tensor, d: Tensor, near: Tensor, far: Tensor, hit: Tensor, train: bool, need_distortion: bool) -> dict:
+    """Stratified samples on the rays that hit the sphere; weights from nerfacc's batched compositing;
+    (``need_distortion``) the per-ray distortion ``[R]``, else None."""
     from nerfacc import render_weight_from_density
 
     s = scene.render_cfg.num_samples
@@ -163,8 +168,9 @@ def _dense_samples(scene: Scene, o: Tensor, d: Tensor, near: Tensor, far: Tensor
     sigma, h = scene.field.get_density(x)
     sigma = sigma.view(r, s)
     weights, _, _ = render_weight_from_density(t0, t1, sigma)
-    dist = torch.zeros(hit.shape[0], dtype=weights.dtype, device=o.device)
-    dist = dist.index_copy(0, rays, distortion(weights, t0, t1))
+    dist = None
+    if need_distortion:
+        dist = torch.zeros(hit.shape[0], dtype=weights.dtype, device=o.device).index_copy(0, rays, distortion(weights, t0, t1))
     # Keep a sample unless it is among the lowest-weight ones of its ray summing to <= skip_weight.
     low_first, order = weights.detach().sort(-1)
     keep = torch.zeros_like(weights, dtype=torch.bool).scatter_(
@@ -181,8 +187,9 @@ def _dense_samples(scene: Scene, o: Tensor, d: Tensor, near: Tensor, far: Tensor
     }
 
 
-def _occgrid_samples(scene: Scene, o: Tensor, d: Tensor, near: Tensor, far: Tensor, train: bool) -> dict:
-    """nerfacc OccGridEstimator marching inside the sphere; weights from packed compositing (CUDA)."""
+def _occgrid_samples(scene: Scene, o: Tensor, d: Tensor, near: Tensor, far: Tensor, train: bool, need_distortion: bool) -> dict:
+    """nerfacc OccGridEstimator marching inside the sphere; weights from packed compositing (CUDA);
+    (``need_distortion``) the per-ray distortion ``[R]``, else None."""
     from nerfacc import render_weight_from_density
 
     cfg = scene.render_cfg
@@ -209,7 +216,7 @@ def _occgrid_samples(scene: Scene, o: Tensor, d: Tensor, near: Tensor, far: Tens
     x = o[ray_idx] + d[ray_idx] * t[:, None]
     sigma, h = field.get_density(x)
     weights, _, _ = render_weight_from_density(t0, t1, sigma, ray_indices=ray_idx, n_rays=o.shape[0])
-    dist = distortion(weights, t0, t1, ray_idx, o.shape[0])
+    dist = distortion(weights, t0, t1, ray_idx, o.shape[0]) if need_distortion else None
     return {"x": x, "h": h, "t": t, "weights": weights, "ray": ray_idx, "keep": None, "distortion": dist}
 
 
@@ -224,8 +231,7 @@ def _shade_and_composite(
     need_normals: bool,
     ambient: float,
 ) -> Dict[str, Tensor]:
-    """Per-ray sums over flat samples (x, h, t, weights, ray) → rgb (no background), opacity, depth, normal,
-    orient [R]; the sampler's per-ray ``distortion [R]`` passes through."""
+    """Per-ray sums over flat samples (x, h, t, weights, ray) → rgb (no background), opacity, depth, normal, orient [R]."""
     field = scene.field
     w, ray = s["weights"], s["ray"]
     dev, dtype = d.device, w.dtype
@@ -258,7 +264,6 @@ def _shade_and_composite(
         "depth": depth[:, None],
         "normal": F.normalize(normal_sum, dim=-1, eps=1e-12),
         "orient": orient,
-        "distortion": s["distortion"],
     }
 
 

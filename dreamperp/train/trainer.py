@@ -178,7 +178,8 @@ class Trainer:
         shading = "albedo" if plan.albedo_only else choose_shading(step, cfg.render)
         light = sample_light_positions(cams, cfg.render.light_distance_range) if shading != "albedo" else None
         out = render_rays(
-            self.scene, rays_o, rays_d, shading=shading, light_pos=light, train=True, need_normals=plan.need_normals
+            self.scene, rays_o, rays_d, shading=shading, light_pos=light, train=True, need_normals=plan.need_normals,
+            need_distortion=plan.weights["distortion"] > 0,
         )
         regs = regularisers(out)
         images = out["rgb"].permute(0, 3, 1, 2)  # [B, 3, H, W]
@@ -218,6 +219,7 @@ class Trainer:
             bg_color=batch.bg_color,
             train=True,
             need_normals=lc.lambda_orient > 0,
+            need_distortion=plan.weights["distortion"] > 0,
         )
         regs = regularisers(out)
         terms = photometric(out, batch.rgb, batch.alpha)  # targets are already composited on bg_color
